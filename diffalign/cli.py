@@ -1,0 +1,112 @@
+"""The `diffalign` command. Subcommands are thin: they parse arguments and call the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .paths import TOY_DATA, TOY_SD, refuse_overwrite
+
+
+def _load_toy_pipeline(path: str):
+    from diffusers import StableDiffusionPipeline
+
+    if not Path(path).exists():
+        raise SystemExit(f"no model at {path}: pass --model PATH (a diffusers folder) or rebuild the toy model "
+                         "with `diffalign toy pretrain --out assets/toy-sd`")
+    return StableDiffusionPipeline.from_pretrained(path)
+
+
+def _toy_pretrain(args) -> None:
+    from .toy.pretrain import PretrainConfig, pretrain
+
+    refuse_overwrite(Path(args.out), args.overwrite)
+    cfg = PretrainConfig(seed=args.seed)
+    if args.vae_steps is not None:
+        cfg.vae_steps = args.vae_steps
+    if args.unet_steps is not None:
+        cfg.unet_steps = args.unet_steps
+    pretrain(args.out, cfg)
+
+
+def _toy_data(args) -> None:
+    from .toy.preferences import build_toy_data
+
+    out = Path(args.out)
+    for name in (f"pairs_{args.persona}.parquet", "pairs_multiuser.parquet", f"feedback_{args.persona}.parquet"):
+        refuse_overwrite(out / name, args.overwrite)
+    result = build_toy_data(_load_toy_pipeline(args.model), out, n_pairs=args.pairs, persona=args.persona,
+                            n_feedback_pairs=min(args.feedback_pairs, args.pairs), seed=args.seed)
+    print(json.dumps({k: str(v) for k, v in result.items()}, indent=2))
+
+
+def _toy_measure(args) -> None:
+    from .toy.measure import measure, to_markdown, write_report
+
+    result = measure(_load_toy_pipeline(args.model), seeds_per_prompt=args.seeds)
+    path = write_report(result, args.out)
+    print(to_markdown(result))
+    print(f"\nwritten: {path} and {path.with_suffix('.json')}")
+
+
+def _toy_demo(args) -> None:
+    from .toy.demo import run_demo
+
+    scores = run_demo(_load_toy_pipeline(args.model), args.out)
+    for row in scores["prompts"]:
+        print(f"fidelity {row['fidelity']:.2f}  {row['prompt']}")
+    print(f"mean fidelity {scores['mean_fidelity']:.3f}; grid: {scores['grid']}; "
+          f"scores: {Path(args.out) / 'demo_scores.json'}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffalign", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    toy = sub.add_parser("toy", help="the toy shapes world: pretrain its base model, build data, measure, demo")
+    toy_sub = toy.add_subparsers(dest="toy_command", required=True)
+
+    p = toy_sub.add_parser("pretrain", help="pretrain the embedded toy Stable Diffusion from scratch (CPU)")
+    p.add_argument("--out", default=str(TOY_SD), help="output folder (diffusers format)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vae-steps", type=int, default=None, help="VAE steps (default: the recipe's)")
+    p.add_argument("--unet-steps", type=int, default=None, help="UNet+text encoder steps (default: the recipe's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=_toy_pretrain)
+
+    p = toy_sub.add_parser("data", help="sample pairs from the base model and label them with personas")
+    p.add_argument("--model", default=str(TOY_SD))
+    p.add_argument("--out", default=str(TOY_DATA))
+    p.add_argument("--pairs", type=int, default=2400, help="pairs to sample")
+    p.add_argument("--feedback-pairs", type=int, default=1200, help="pairs turned into the binary-feedback view")
+    p.add_argument("--persona", default="bold", help="rater of the single-persona set")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_toy_data)
+
+    p = toy_sub.add_parser("measure", help="the base-model table: fidelity per attribute, spread of unstated ones")
+    p.add_argument("--model", default=str(TOY_SD))
+    p.add_argument("--out", default="outputs/toy-measure")
+    p.add_argument("--seeds", type=int, default=4, help="seeds per held-out prompt")
+    p.set_defaults(func=_toy_measure)
+
+    p = toy_sub.add_parser("demo", help="sample a few held-out prompts, judge them, write a grid and scores")
+    p.add_argument("--model", default=str(TOY_SD))
+    p.add_argument("--out", default="outputs/toy-demo")
+    p.set_defaults(func=_toy_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except FileExistsError as err:
+        print(f"diffalign: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

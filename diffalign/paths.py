@@ -1,0 +1,15 @@
+"""Where the embedded assets live (the repository's ``assets/``; an editable install keeps them beside the code)."""
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ASSETS = REPO_ROOT / "assets"
+TOY_SD = ASSETS / "toy-sd"
+TOY_DATA = ASSETS / "toy-data"
+
+
+def refuse_overwrite(path: Path, overwrite: bool) -> None:
+    """Raise unless ``path`` is absent/empty or the user passed --overwrite: user files are never replaced silently."""
+    path = Path(path)
+    if path.exists() and (path.is_file() or any(path.iterdir())) and not overwrite:
+        raise FileExistsError(f"{path} already exists and is not empty; pass --overwrite to replace it")
