@@ -22,4 +22,4 @@ def test_tokenizer_matches_open_clip_on_hundreds_of_captions():
     real = ref != 0
     assert torch.equal(ours[real], ref[real])
     assert (ours[~real] == 49407).all()  # SD's tokenizer pads with <|endoftext|>
-    assert sum(len(tok(c).input_ids) > 77 for c in captions) > 50  # the long ones really were truncated
+    assert sum(len(tok(c).input_ids) > 77 for c in captions) > 20  # the long ones really were truncated

@@ -38,8 +38,11 @@ def _persona_captions() -> list[str]:
 
 def _attribute_captions() -> list[str]:
     out = []
-    for colour, shape, size, pos in itertools.product(OBJECT_COLOURS, SHAPES, SIZE_RANGES, POSITIONS):
-        out.append(write(SceneSpec((ObjectSpec(colour, shape, size, pos),))))
+    backgrounds = itertools.cycle(BACKGROUND_COLOURS)
+    combos = itertools.product(OBJECT_COLOURS, SHAPES, SIZE_RANGES, POSITIONS)
+    for i, (colour, shape, size, pos) in enumerate(combos):
+        background = next(backgrounds) if i % 2 else None  # every other caption states a background
+        out.append(write(SceneSpec((ObjectSpec(colour, shape, size, pos),), background)))
     return out
 
 

@@ -1,0 +1,214 @@
+"""Typed training configuration: YAML files plus dotted command-line overrides, validated before anything loads.
+
+Every field is documented once, here, with its unit and whether it is per device or global.
+    accelerate launch diffalign/train.py --config configs/sd15/dpo_pickapic.yaml --train.lr 1e-5 --lora.rank 16
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    pretrained: str = "assets/toy-sd"  # hub id or local diffusers folder of the base pipeline
+    revision: str | None = None  # hub revision (branch, tag or commit)
+    variant: str | None = None  # weight variant on the hub, e.g. "fp16"
+
+
+@dataclass
+class DataConfig:
+    source: str = "assets/toy-data/pairs_bold.parquet"  # hub dataset id, local parquet file(s) or folder
+    split: str = "train"  # split of a hub dataset / folder
+    resolution: int = 32  # pixels; images are resized (short side) and cropped to this square
+    random_crop: bool = False  # same random crop for both images of a pair (else centre crop)
+    random_flip: bool = False  # same horizontal flip for both images of a pair, with probability 1/2
+    drop_ties: bool = True  # drop pairs labelled 0.5/0.5 (about 12% of Pick-a-Pic v2)
+    caption_dropout: float = 0.0  # probability of training a pair on the empty caption
+    max_pairs: int | None = None  # use only the first N pairs (after dropping ties)
+    num_workers: int = 0  # DataLoader worker processes per device
+
+
+@dataclass
+class LoraSettings:
+    enabled: bool = True  # False = full fine-tune of the UNet (reference = a frozen copy)
+    rank: int = 8
+    alpha: float = 8.0  # LoRA scale is alpha / rank
+    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 16  # pairs per device per micro-batch (2x images through the UNet)
+    grad_accum: int = 1  # micro-batches per optimizer step; global batch = batch_size x grad_accum x processes
+    max_steps: int = 300  # optimizer steps
+    lr: float = 1e-3  # peak learning rate
+    lr_scheduler: str = "constant_with_warmup"  # any diffusers.optimization scheduler name
+    warmup_steps: int = 10  # optimizer steps of linear warmup
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    weight_decay: float = 1e-2
+    adam_eps: float = 1e-8
+    use_8bit_adam: bool = False  # bitsandbytes AdamW8bit (must be installed)
+    max_grad_norm: float = 1.0  # clip the global gradient norm to this (0 = no clipping)
+    mixed_precision: str = "no"  # "no", "fp16" or "bf16" (errors are reduced in float32 regardless)
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    checkpoint_every: int = 0  # optimizer steps between accelerate checkpoints (0 = none)
+    checkpoints_total_limit: int = 3  # keep only the newest N checkpoints
+    log_every: int = 10  # optimizer steps between metric logs
+    validation_every: int = 0  # optimizer steps between validation grids (0 = none)
+    report_to: str = "tensorboard"  # accelerate tracker name ("tensorboard", "wandb", ...) or "none"
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True  # the before/after comparison at the end (toy world only)
+    persona: str = "bold"  # the persona whose win rate is reported
+    seeds_per_prompt: int = 10  # held-out persona prompts x seeds = cases
+    num_inference_steps: int = 25
+    guidance_scale: float = 5.0
+    validation_prompts: list[str] = field(default_factory=list)  # grid prompts (toy: held-out ones if empty)
+
+
+@dataclass
+class Config:
+    method: str = "dpo"  # a registered objective: dpo, mapo
+    objective: dict = field(default_factory=dict)  # options of the objective (e.g. beta, link for dpo)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = "outputs/run"  # where LoRA, checkpoints, logs and reports go
+    overwrite: bool = False  # allow writing into a non-empty output_dir
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(value, annotation, where: str):
+    """Check/convert ``value`` to the field's declared type; raise ConfigError naming the key otherwise."""
+    hint = annotation
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML reads "1e-5" as a string
+        except ValueError:
+            pass
+    if origin is list and isinstance(value, list):
+        return list(value)
+    if origin is dict or hint is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif isinstance(hint, type) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    expected = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"{where}: expected {expected}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(repr(f'{where}{k}') for k in unknown)}; "
+                          f"valid keys under {where or 'the top level'}: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{where}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, f"{where}{name}")
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--{dotted}: {k} is not a section")
+    node[keys[-1]] = _scalar(raw)
+
+
+def _scalar(raw: str):
+    """YAML's reading of a command-line value, plus numbers YAML 1.1 leaves as strings ("5e3", "1e-5")."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: list[tuple[str, str]] = (),
+                base: dict | None = None) -> Config:
+    """Config from an optional YAML file (or ``base`` mapping), then dotted overrides [("train.lr", "1e-5")]."""
+    tree: dict = dict(base or {})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        tree.update(loaded)
+    for dotted, raw in overrides:
+        _set_dotted(tree, dotted, raw)
+    cfg = _build(Config, tree, "")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Reject impossible combinations before any model loads."""
+    from .objectives import REGISTRY
+
+    if cfg.method not in REGISTRY:
+        raise ConfigError(f"method: unknown {cfg.method!r}; expected one of {sorted(REGISTRY)}")
+    for key, value in cfg.objective.items():
+        if isinstance(value, str):  # numbers written as "5e3" in YAML 1.1 arrive as strings
+            try:
+                cfg.objective[key] = float(value)
+            except ValueError:
+                pass
+    try:
+        REGISTRY[cfg.method](**cfg.objective)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"objective ({cfg.method}): {err}") from err
+    t, d = cfg.train, cfg.data
+    for name in ("batch_size", "grad_accum", "max_steps"):
+        if getattr(t, name) < 1:
+            raise ConfigError(f"train.{name} must be >= 1; got {getattr(t, name)}")
+    if t.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ConfigError(f"train.mixed_precision: expected 'no', 'fp16' or 'bf16'; got {t.mixed_precision!r}")
+    from diffusers.optimization import SchedulerType
+
+    schedulers = [s.value for s in SchedulerType if s.value != "piecewise_constant"]
+    if t.lr_scheduler not in schedulers:
+        raise ConfigError(f"train.lr_scheduler: unknown {t.lr_scheduler!r}; expected one of {schedulers}")
+    if not 0 <= d.caption_dropout < 1:
+        raise ConfigError(f"data.caption_dropout must be in [0, 1); got {d.caption_dropout}")
+    if cfg.lora.enabled and cfg.lora.rank < 1:
+        raise ConfigError(f"lora.rank must be >= 1; got {cfg.lora.rank}")

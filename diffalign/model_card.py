@@ -1,0 +1,42 @@
+"""The model card (README.md) written beside every trained LoRA or UNet."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import yaml
+
+
+def write_model_card(cfg, summary: dict, out_dir: str | Path) -> Path:
+    comparison = summary.get("comparison")
+    results = comparison["text"] if comparison else "No evaluation was run with this training job."
+    load = ("pipe.load_lora_weights(\"<this folder>\")" if cfg.lora.enabled
+            else "pipe.unet = UNet2DConditionModel.from_pretrained(\"<this folder>/unet\")")
+    text = f"""---
+base_model: {cfg.model.pretrained}
+library_name: diffusers
+tags: [diffalign, {cfg.method}, text-to-image, preference-alignment]
+---
+# {cfg.method} on {cfg.model.pretrained}
+
+Trained with diffalign (`{cfg.method}`) on `{cfg.data.source}`: {summary['steps']} optimizer steps,
+{summary['pairs_seen']} pairs seen, {summary['train_seconds']} s of training
+({summary['ties_dropped']} tied pairs dropped).
+
+    from diffusers import StableDiffusionPipeline
+    pipe = StableDiffusionPipeline.from_pretrained("{cfg.model.pretrained}")
+    {load}
+
+## Measured results
+
+{results}
+
+## Configuration
+
+```yaml
+{yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)}```
+"""
+    path = Path(out_dir) / "README.md"
+    path.write_text(text)
+    return path

@@ -1,0 +1,295 @@
+"""diffalign's training entry: config -> components -> loop -> LoRA (+ the toy before/after comparison).
+
+    accelerate launch diffalign/train.py --method mapo                    # embedded toy default, CPU, minutes
+    accelerate launch diffalign/train.py --config configs/sd15/dpo_pickapic.yaml --train.lr 1e-5
+    python -m diffalign.train --method dpo        |        diffalign train --method dpo
+
+Unknown ``--section.key value`` arguments are dotted config overrides, validated before any model loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (accelerate launch diffalign/train.py): make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from diffalign.config import Config, ConfigError, load_config
+from diffalign.core.step import TrainStep
+from diffalign.data.pairs import PreferencePairs, collate_pairs
+from diffalign.data.sampler import EpochShuffle
+from diffalign.models.loading import load_sd_components
+from diffalign.models.lora import attach_lora, save_lora
+from diffalign.objectives import get_objective
+from diffalign.paths import REPO_ROOT, refuse_overwrite
+
+TOY_CONFIGS = REPO_ROOT / "configs" / "toy"
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
+    parser = argparse.ArgumentParser(prog="diffalign train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", help="objective name; alone, it runs the embedded toy default for it")
+    parser.add_argument("--config", help="YAML config file (default: configs/toy/<method>.yaml)")
+    parser.add_argument("--resume", help="'latest' or a checkpoint folder to continue from")
+    parser.add_argument("--overwrite", action="store_true", help="allow a non-empty output_dir")
+    args, rest = parser.parse_known_args(argv)
+    overrides = []
+    while rest:
+        key = rest.pop(0)
+        if not key.startswith("--") or not rest:
+            raise ConfigError(f"expected '--section.key value' overrides; got {key!r}")
+        overrides.append((key[2:], rest.pop(0)))
+    return args, overrides
+
+
+def build_config(args: argparse.Namespace, overrides: list[tuple[str, str]]) -> Config:
+    path = args.config
+    if path is None:
+        if not args.method:
+            raise ConfigError("pass --method NAME (toy default) or --config FILE.yaml")
+        path = TOY_CONFIGS / f"{args.method}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"no embedded default for method {args.method!r} ({path} is missing)")
+    if args.method:
+        overrides = [("method", args.method)] + overrides
+    if args.overwrite:
+        overrides = overrides + [("overwrite", "true")]
+    return load_config(path, overrides)
+
+
+def make_accelerator(cfg: Config) -> Accelerator:
+    out = Path(cfg.output_dir)
+    report_to = None if cfg.train.report_to == "none" else cfg.train.report_to
+    return Accelerator(
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        mixed_precision=cfg.train.mixed_precision,
+        log_with=report_to,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs"),
+                                            automatic_checkpoint_naming=True,
+                                            total_limit=cfg.train.checkpoints_total_limit),
+    )
+
+
+def make_optimizer(cfg: Config, params: list) -> torch.optim.Optimizer:
+    t = cfg.train
+    optimizer_cls = torch.optim.AdamW
+    if t.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb
+        except ImportError as err:
+            raise ConfigError("train.use_8bit_adam needs bitsandbytes: pip install bitsandbytes") from err
+        optimizer_cls = bnb.optim.AdamW8bit
+    return optimizer_cls(params, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.weight_decay,
+                         eps=t.adam_eps)
+
+
+def train(cfg: Config, resume: str | None = None) -> dict:
+    """Run one training job; returns a summary (also written to ``output_dir/summary.json``)."""
+    out = Path(cfg.output_dir)
+    if not resume:
+        refuse_overwrite(out, cfg.overwrite)
+    accelerator = make_accelerator(cfg)
+    set_seed(cfg.train.seed)
+    objective = get_objective(cfg.method, **cfg.objective)
+
+    parts = load_sd_components(cfg.model.pretrained, cfg.model.revision, cfg.model.variant)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    for frozen in (parts.vae, parts.text_encoder):
+        frozen.requires_grad_(False).eval().to(accelerator.device, dtype=weight_dtype)
+    unet = parts.unet
+    reference = None
+    if cfg.lora.enabled:
+        params = attach_lora(unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules)
+    else:
+        params = list(unet.parameters())
+        if objective.needs_reference:  # full fine-tune: the reference is a frozen copy of the start
+            reference = type(unet).from_config(unet.config)
+            reference.load_state_dict(unet.state_dict())
+            reference.requires_grad_(False).eval().to(accelerator.device, dtype=weight_dtype)
+    if cfg.train.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()  # from_pretrained returns eval mode
+
+    dataset = PreferencePairs(cfg.data, parts.tokenizer, seed=cfg.train.seed)
+    pairs_per_update = cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes
+    try:
+        sampler = EpochShuffle(len(dataset), cfg.train.seed, multiple=pairs_per_update)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler,
+                                         collate_fn=collate_pairs, drop_last=True, num_workers=cfg.data.num_workers)
+    optimizer = make_optimizer(cfg, params)
+    # accelerate steps the scheduler once per process per optimizer step, hence the num_processes factor.
+    lr_scheduler = get_scheduler(cfg.train.lr_scheduler, optimizer,
+                                 num_warmup_steps=cfg.train.warmup_steps * accelerator.num_processes,
+                                 num_training_steps=cfg.train.max_steps * accelerator.num_processes)
+    unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+    step_fn = TrainStep(objective, parts.vae, parts.text_encoder, parts.noise_scheduler, reference, accelerator)
+
+    updates_per_epoch = len(loader) // cfg.train.grad_accum  # exact: the sampler trims epochs to whole updates
+    global_step = _resume(accelerator, out, resume) if resume else 0
+    _continue_checkpoint_numbering(accelerator, out)
+    first_epoch, done_in_epoch = divmod(global_step, updates_per_epoch)
+    if accelerator.is_main_process and accelerator.trackers == [] and cfg.train.report_to != "none":
+        accelerator.init_trackers("diffalign", config={"method": cfg.method, **cfg.objective})
+    (out).mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(_as_dict(cfg), indent=2))
+
+    bar = tqdm(total=cfg.train.max_steps, initial=global_step, desc=f"train {cfg.method}",
+               disable=not accelerator.is_local_main_process)
+    start, history = time.time(), []
+    epoch = first_epoch
+    while global_step < cfg.train.max_steps:
+        dataset.epoch = epoch
+        sampler.set_epoch(epoch)
+        skip = done_in_epoch * cfg.train.grad_accum if epoch == first_epoch else 0
+        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        for batch in batches:
+            with accelerator.accumulate(unet):
+                loss, metrics = step_fn(unet, batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.train.max_grad_norm > 0:
+                    norm = accelerator.clip_grad_norm_(unet.parameters(), cfg.train.max_grad_norm)
+                    if norm is not None:  # DeepSpeed clips internally and returns None
+                        metrics["grad_norm"] = float(norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            bar.update(1)
+            metrics.update(loss=loss.item(), lr=lr_scheduler.get_last_lr()[0], epoch=epoch)
+            history.append(metrics)
+            if global_step % cfg.train.log_every == 0 or global_step == cfg.train.max_steps:
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics.get('implicit_acc', 0):.2f}")
+                accelerator.log(metrics, step=global_step)
+            if cfg.train.validation_every and global_step % cfg.train.validation_every == 0 \
+                    and accelerator.is_main_process:
+                _validate(cfg, parts, accelerator.unwrap_model(unet), out, global_step)
+            if cfg.train.checkpoint_every and global_step % cfg.train.checkpoint_every == 0:
+                _checkpoint(accelerator, global_step)
+            if global_step >= cfg.train.max_steps:
+                break
+        epoch += 1
+    bar.close()
+    train_seconds = time.time() - start
+    accelerator.wait_for_everyone()
+
+    summary = {"method": cfg.method, "steps": global_step, "train_seconds": round(train_seconds, 1),
+               "pairs_seen": global_step * cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes,
+               "ties_dropped": dataset.skipped_ties, "pairs_available": len(dataset),
+               "first_metrics": history[0] if history else {}, "final_metrics": _mean_tail(history)}
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(unet)
+        if cfg.lora.enabled:
+            summary["lora"] = str(save_lora(final, out))
+        else:
+            final.save_pretrained(out / "unet", safe_serialization=True)
+            summary["unet"] = str(out / "unet")
+        if cfg.eval.enabled and _is_toy(cfg):
+            from diffalign.toy.compare import compare_before_after
+
+            summary["comparison"] = compare_before_after(cfg, out)
+        from diffalign.model_card import write_model_card
+
+        write_model_card(cfg, summary, out)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    accelerator.end_training()
+    return summary
+
+
+def _is_toy(cfg: Config) -> bool:
+    return (Path(cfg.model.pretrained).resolve() == (REPO_ROOT / "assets" / "toy-sd").resolve()
+            or Path(cfg.model.pretrained).name == "toy-sd")
+
+
+def _validate(cfg: Config, parts, unet, out: Path, step: int) -> None:
+    from diffalign.validation import validation_grid
+
+    prompts = cfg.eval.validation_prompts
+    if not prompts and _is_toy(cfg):
+        from diffalign.toy.prompts import prompt_set
+
+        prompts = prompt_set("persona")[:4]
+    if prompts:
+        validation_grid(parts, unet, prompts, out / "validation" / f"step_{step:06d}.png", cfg.model.pretrained,
+                        num_inference_steps=cfg.eval.num_inference_steps, guidance_scale=cfg.eval.guidance_scale)
+
+
+def _mean_tail(history: list[dict], n: int = 20) -> dict:
+    tail = history[-n:]
+    keys = {k for h in tail for k in h if isinstance(h[k], (int, float))}
+    return {k: sum(h[k] for h in tail if k in h) / max(1, sum(k in h for h in tail)) for k in sorted(keys)}
+
+
+def _checkpoints(out: Path, complete_only: bool = True) -> list[Path]:
+    """Checkpoint folders, oldest first; complete = its progress.json was written after save_state returned."""
+    found = [p for p in (out / "checkpoints").glob("checkpoint_*") if p.name.split("_")[1].isdigit()]
+    if complete_only:
+        found = [p for p in found if (p / "progress.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+
+def _continue_checkpoint_numbering(accelerator: Accelerator, out: Path) -> None:
+    """Number new checkpoints after every existing one, so none is overwritten or collides."""
+    existing = _checkpoints(out, complete_only=False)
+    accelerator.project_configuration.iteration = int(existing[-1].name.split("_")[1]) + 1 if existing else 0
+
+
+def _checkpoint(accelerator: Accelerator, step: int) -> None:
+    path = accelerator.save_state()  # -> out/checkpoints/checkpoint_<i>, pruned to checkpoints_total_limit
+    if accelerator.is_main_process:
+        (Path(path) / "progress.json").write_text(json.dumps({"global_step": step}))
+
+
+def _resume(accelerator: Accelerator, out: Path, resume: str) -> int:
+    """Load a checkpoint ('latest' = newest complete one); returns the optimizer steps already done."""
+    if resume == "latest":
+        found = _checkpoints(out)
+        if not found:
+            raise FileNotFoundError(f"--resume latest: no complete checkpoint under {out / 'checkpoints'}")
+        path = found[-1]
+    else:
+        path = Path(resume)
+    progress = path / "progress.json"
+    if not progress.is_file():
+        raise FileNotFoundError(f"{path} is not a complete diffalign checkpoint (no progress.json)")
+    accelerator.load_state(str(path))
+    return json.loads(progress.read_text())["global_step"]
+
+
+def _as_dict(cfg) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args, overrides = parse_args(argv)
+        cfg = build_config(args, overrides)
+        summary = train(cfg, resume=args.resume)
+    except (ConfigError, FileExistsError, FileNotFoundError) as err:
+        print(f"diffalign train: {err}", file=sys.stderr)
+        return 2
+    comparison = summary.get("comparison")
+    if comparison:
+        print(comparison["text"])
+    print(f"saved to {cfg.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
