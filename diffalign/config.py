@@ -103,6 +103,8 @@ def _coerce(value, annotation, where: str):
             return None
         hint = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is str and isinstance(value, bool):
+        return "yes" if value else "no"  # YAML 1.1 reads a bare no/yes (e.g. mixed_precision: no) as a boolean
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, str):

@@ -152,9 +152,12 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     epoch = first_epoch
     while global_step < cfg.train.max_steps:
         dataset.epoch = epoch
-        sampler.set_epoch(epoch)
         skip = done_in_epoch * cfg.train.grad_accum if epoch == first_epoch else 0
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        # accelerate's loaders push their own pass counter into the sampler when iterated; make it our epoch
+        # (a fresh loader after a resume would otherwise replay epoch 0's order).
+        batches.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         for batch in batches:
             with accelerator.accumulate(unet):
                 loss, metrics = step_fn(unet, batch)

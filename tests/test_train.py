@@ -65,8 +65,10 @@ def test_accumulation_invariance(tmp_path):
     assert wa.keys() == wb.keys()
     moved = 0
     for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
-        moved += int("lora_B" in k and wa[k].abs().sum() > 0)
+        # Summation order differs (8 rows at once vs 4 + 4), so equal up to float noise; a real mismatch (e.g. a
+        # wrongly scaled accumulated loss) moves weights by about lr = 1e-3.
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-3, atol=1e-5)
+        moved += int("lora.up" in k and wa[k].abs().sum() > 0)  # up (= B) starts at zero
     assert moved  # the step really updated the weights being compared
 
 
