@@ -115,3 +115,15 @@ def test_resume_latest_continues_to_the_same_weights(tmp_path):
     wa, wb = load_file(straight["lora"]), load_file(resumed["lora"])
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
+
+
+def test_full_finetune_uses_a_frozen_reference_and_saves_a_unet(tmp_path):
+    summary = train(_cfg(tmp_path, extra=[("lora.enabled", "false"), ("train.lr", "1e-4")]))
+    first = summary["first_metrics"]
+    assert abs(first["loss"] - math.log(2)) < 1e-6  # the frozen copy equals the policy at the start
+    from diffusers import UNet2DConditionModel
+
+    tuned = UNet2DConditionModel.from_pretrained(tmp_path / "unet")
+    base = UNet2DConditionModel.from_pretrained(TOY_SD, subfolder="unet")
+    changed = [n for (n, a), (_, b) in zip(tuned.named_parameters(), base.named_parameters()) if not torch.equal(a, b)]
+    assert changed  # the policy moved; the reference (the saved base) did not
