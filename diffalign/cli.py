@@ -61,21 +61,11 @@ def _toy_demo(args) -> None:
           f"scores: {Path(args.out) / 'demo_scores.json'}")
 
 
-def _train(args) -> None:
-    from .train import main as train_main
-
-    code = train_main(args.train_args)
-    if code:
-        raise SystemExit(code)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffalign", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train (same arguments as `accelerate launch diffalign/train.py`)",
-                       add_help=False)
-    p.add_argument("train_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_train)
+    # `diffalign train ...` is dispatched in main() before parsing; listed here for --help.
+    sub.add_parser("train", help="train (same arguments as `accelerate launch diffalign/train.py`)")
     toy = sub.add_parser("toy", help="the toy shapes world: pretrain its base model, build data, measure, demo")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
 
@@ -111,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:  # everything after `train` belongs to the trainer's own parser
+        from .train import main as train_main
+
+        return train_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -32,3 +32,9 @@ def test_refuse_overwrite(tmp_path):
     with pytest.raises(FileExistsError, match="--overwrite"):
         refuse_overwrite(tmp_path, overwrite=False)
     refuse_overwrite(tmp_path, overwrite=True)
+
+
+def test_cli_train_passes_its_arguments_to_the_trainer():
+    out = subprocess.run([sys.executable, "-m", "diffalign.cli", "train", "--method", "nope"], capture_output=True,
+                         text=True)
+    assert out.returncode == 2 and "no embedded default for method 'nope'" in out.stderr
