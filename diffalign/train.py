@@ -20,6 +20,7 @@ if __package__ in (None, ""):  # run as a script (accelerate launch diffalign/tr
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
@@ -30,6 +31,7 @@ from diffalign.data.pairs import PreferencePairs, collate_pairs
 from diffalign.data.sampler import EpochShuffle
 from diffalign.models.loading import load_sd_components
 from diffalign.models.lora import attach_lora, save_lora
+from diffalign.models.lora_checkpoint import register_lora_checkpointing
 from diffalign.objectives import get_objective
 from diffalign.paths import REPO_ROOT, refuse_overwrite
 
@@ -69,6 +71,9 @@ def build_config(args: argparse.Namespace, overrides: list[tuple[str, str]]) -> 
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
+    # accelerate keeps one process-wide state; a second run in the same Python process (the Python API, a
+    # notebook, the tests) with other precision settings would be refused. The process group is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
     out = Path(cfg.output_dir)
     report_to = None if cfg.train.report_to == "none" else cfg.train.report_to
     return Accelerator(
@@ -135,6 +140,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                                  num_warmup_steps=cfg.train.warmup_steps * accelerator.num_processes,
                                  num_training_steps=cfg.train.max_steps * accelerator.num_processes)
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+    if cfg.lora.enabled:
+        register_lora_checkpointing(accelerator, unet)  # checkpoints hold the adapter, not the frozen base
     step_fn = TrainStep(objective, parts.vae, parts.text_encoder, parts.noise_scheduler, reference, accelerator)
 
     updates_per_epoch = len(loader) // cfg.train.grad_accum  # exact: the sampler trims epochs to whole updates
@@ -287,10 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileExistsError, FileNotFoundError) as err:
         print(f"diffalign train: {err}", file=sys.stderr)
         return 2
-    comparison = summary.get("comparison")
-    if comparison:
-        print(comparison["text"])
-    print(f"saved to {cfg.output_dir}")
+    if PartialState().is_main_process:  # one report, not one per rank
+        comparison = summary.get("comparison")
+        if comparison:
+            print(comparison["text"])
+        print(f"saved to {cfg.output_dir}")
     return 0
 
 

@@ -109,6 +109,9 @@ def test_resume_latest_continues_to_the_same_weights(tmp_path):
     straight = train(_cfg(tmp_path / "straight", extra=extra + [("train.max_steps", "7")]))
     first = _cfg(tmp_path / "resumed", extra=extra + [("train.max_steps", "4")])
     train(first)
+    latest = sorted((tmp_path / "resumed" / "checkpoints").iterdir())[-1]
+    assert (latest / "unet_lora_adapter.safetensors").is_file()
+    assert not list(latest.glob("model*.safetensors"))  # LoRA checkpoints hold the adapter, not the base UNet
     resumed = train(dataclasses.replace(first, train=dataclasses.replace(first.train, max_steps=7)),
                     resume="latest")
     assert resumed["steps"] == 7
@@ -127,3 +130,9 @@ def test_full_finetune_uses_a_frozen_reference_and_saves_a_unet(tmp_path):
     base = UNet2DConditionModel.from_pretrained(TOY_SD, subfolder="unet")
     changed = [n for (n, a), (_, b) in zip(tuned.named_parameters(), base.named_parameters()) if not torch.equal(a, b)]
     assert changed  # the policy moved; the reference (the saved base) did not
+
+
+def test_bf16_mixed_precision_runs_on_cpu(tmp_path):
+    summary = train(_cfg(tmp_path, extra=[("train.mixed_precision", "bf16"), ("train.validation_every", "2")]))
+    assert abs(summary["first_metrics"]["loss"] - math.log(2)) < 1e-6  # errors reduced in float32
+    assert (tmp_path / "validation" / "step_000002.png").is_file()
