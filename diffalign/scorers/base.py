@@ -1,0 +1,45 @@
+"""One interface for every scorer: ``scorer(images, prompts) -> tensor [B]`` (higher is better).
+
+Scorers are created lazily by name from a registry (``create_scorer("pickscore", model=..., device=...)``), so
+importing diffalign loads no weights. ``images`` may be PIL images, uint8 arrays [H, W, 3] or float tensors
+[3, H, W] in [0, 1].
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+REGISTRY: dict[str, Callable] = {}
+
+
+def register(name: str):
+    def wrap(factory):
+        if name in REGISTRY:
+            raise ValueError(f"scorer {name!r} registered twice")
+        REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+def create_scorer(name: str, **options):
+    if name not in REGISTRY:
+        raise ValueError(f"unknown scorer {name!r}; expected one of {sorted(REGISTRY)}")
+    return REGISTRY[name](**options)
+
+
+def to_pil(image) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if torch.is_tensor(image):
+        image = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
+
+
+def batched(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

@@ -1,0 +1,67 @@
+"""CLIP-similarity scorers on transformers' CLIPModel: PickScore and CLIPScore.
+
+Both embed the image and the prompt, L2-normalise, and take the cosine c; they differ only in the last step:
+- PickScore (Kirstain et al., 2023): ``logit_scale.exp() · c`` (≈ 21–23 for SD images); model
+  ``yuvalkirstain/PickScore_v1`` with the processor of ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``
+  (short side resized to 224 bicubic, centre crop, CLIP mean/std — the processor's own settings).
+- CLIPScore (torchmetrics convention): ``max(100 · c, 0)``; any CLIP checkpoint, default ViT-L/14.
+Weights load from a hub id or a local folder, safetensors preferred; no remote code.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import CLIPModel, CLIPProcessor
+
+from .base import batched, register, to_pil
+
+
+def _embedding(output) -> torch.Tensor:
+    """transformers < 5 returns the projected embedding; >= 5 an output object holding it as pooler_output."""
+    return output if torch.is_tensor(output) else output.pooler_output
+
+
+class CLIPSimilarity:
+    def __init__(self, model: str, processor: str | None = None, device: str = "cpu",
+                 dtype: torch.dtype = torch.float32, batch_size: int = 32):
+        self.model = CLIPModel.from_pretrained(model, torch_dtype=dtype, use_safetensors=None).eval().to(device)
+        self.processor = CLIPProcessor.from_pretrained(processor or model)
+        self.device, self.dtype, self.batch_size = device, dtype, batch_size
+
+    @torch.no_grad()
+    def cosine(self, images: list, prompts: list[str]) -> torch.Tensor:
+        """Cosine similarity [B] of each image with its own prompt, in float32."""
+        if len(images) != len(prompts):
+            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+        out = []
+        for chunk in batched(list(zip(images, prompts)), self.batch_size):
+            ims, texts = zip(*chunk)
+            inputs = self.processor(images=[to_pil(i) for i in ims], text=list(texts), padding=True,
+                                    truncation=True, max_length=77, return_tensors="pt")
+            img = _embedding(self.model.get_image_features(
+                pixel_values=inputs["pixel_values"].to(self.device, self.dtype))).float()
+            txt = _embedding(self.model.get_text_features(
+                input_ids=inputs["input_ids"].to(self.device),
+                attention_mask=inputs["attention_mask"].to(self.device))).float()
+            img, txt = torch.nn.functional.normalize(img, dim=-1), torch.nn.functional.normalize(txt, dim=-1)
+            out.append((img * txt).sum(-1).cpu())
+        return torch.cat(out)
+
+
+@register("pickscore")
+class PickScore(CLIPSimilarity):
+    def __init__(self, model: str = "yuvalkirstain/PickScore_v1",
+                 processor: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", **kwargs):
+        super().__init__(model, processor, **kwargs)
+
+    def __call__(self, images: list, prompts: list[str]) -> torch.Tensor:
+        return self.model.logit_scale.detach().exp().float().cpu() * self.cosine(images, prompts)
+
+
+@register("clipscore")
+class CLIPScore(CLIPSimilarity):
+    def __init__(self, model: str = "openai/clip-vit-large-patch14", processor: str | None = None, **kwargs):
+        super().__init__(model, processor, **kwargs)
+
+    def __call__(self, images: list, prompts: list[str]) -> torch.Tensor:
+        return torch.clamp(100 * self.cosine(images, prompts), min=0)
