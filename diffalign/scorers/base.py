@@ -43,3 +43,21 @@ def to_pil(image) -> Image.Image:
 def batched(items: list, size: int):
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+@torch.no_grad()
+def cosine_in_batches(images: list, prompts: list[str], batch_size: int, embed) -> torch.Tensor:
+    """Cosine [B] (float32) of each image with its own prompt.
+
+    ``embed(pil_images, texts) -> (image features [b, D], text features [b, D])``, unnormalised.
+    """
+    if len(images) != len(prompts):
+        raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+    out = []
+    for chunk in batched(list(zip(images, prompts)), batch_size):
+        ims, texts = zip(*chunk)
+        img, txt = embed([to_pil(i) for i in ims], list(texts))
+        img = torch.nn.functional.normalize(img.float(), dim=-1)
+        txt = torch.nn.functional.normalize(txt.float(), dim=-1)
+        out.append((img * txt).sum(-1).cpu())
+    return torch.cat(out)

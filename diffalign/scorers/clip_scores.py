@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from transformers import CLIPModel, CLIPProcessor
 
-from .base import batched, register, to_pil
+from .base import cosine_in_batches, register
 
 
 def _embedding(output) -> torch.Tensor:
@@ -28,24 +28,17 @@ class CLIPSimilarity:
         self.processor = CLIPProcessor.from_pretrained(processor or model)
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
 
-    @torch.no_grad()
+    def _embed(self, images: list, texts: list[str]):
+        inputs = self.processor(images=images, text=texts, padding=True, truncation=True, max_length=77,
+                                return_tensors="pt")
+        img = self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.device, self.dtype))
+        txt = self.model.get_text_features(input_ids=inputs["input_ids"].to(self.device),
+                                           attention_mask=inputs["attention_mask"].to(self.device))
+        return _embedding(img), _embedding(txt)
+
     def cosine(self, images: list, prompts: list[str]) -> torch.Tensor:
         """Cosine similarity [B] of each image with its own prompt, in float32."""
-        if len(images) != len(prompts):
-            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
-        out = []
-        for chunk in batched(list(zip(images, prompts)), self.batch_size):
-            ims, texts = zip(*chunk)
-            inputs = self.processor(images=[to_pil(i) for i in ims], text=list(texts), padding=True,
-                                    truncation=True, max_length=77, return_tensors="pt")
-            img = _embedding(self.model.get_image_features(
-                pixel_values=inputs["pixel_values"].to(self.device, self.dtype))).float()
-            txt = _embedding(self.model.get_text_features(
-                input_ids=inputs["input_ids"].to(self.device),
-                attention_mask=inputs["attention_mask"].to(self.device))).float()
-            img, txt = torch.nn.functional.normalize(img, dim=-1), torch.nn.functional.normalize(txt, dim=-1)
-            out.append((img * txt).sum(-1).cpu())
-        return torch.cat(out)
+        return cosine_in_batches(images, prompts, self.batch_size, self._embed)
 
 
 @register("pickscore")

@@ -15,7 +15,7 @@ import open_clip
 import torch
 
 from ..models.checkpoints import load_state_dict
-from .base import batched, register, to_pil
+from .base import cosine_in_batches, register
 
 HPS_FILES = {"v2": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -44,15 +44,9 @@ class HPS:
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.device, self.batch_size = device, batch_size
 
-    @torch.no_grad()
+    def _embed(self, images: list, texts: list[str]):
+        pixels = torch.stack([self.preprocess(im) for im in images]).to(self.device)
+        return self.model.encode_image(pixels), self.model.encode_text(self.tokenizer(texts).to(self.device))
+
     def __call__(self, images: list, prompts: list[str]) -> torch.Tensor:
-        if len(images) != len(prompts):
-            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
-        out = []
-        for chunk in batched(list(zip(images, prompts)), self.batch_size):
-            ims, texts = zip(*chunk)
-            pixels = torch.stack([self.preprocess(to_pil(i)) for i in ims]).to(self.device)
-            img = self.model.encode_image(pixels, normalize=True).float()
-            txt = self.model.encode_text(self.tokenizer(list(texts)).to(self.device), normalize=True).float()
-            out.append((img * txt).sum(-1).cpu())
-        return torch.cat(out)
+        return cosine_in_batches(images, prompts, self.batch_size, self._embed)
