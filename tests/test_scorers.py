@@ -98,3 +98,21 @@ def test_toy_scorer_matches_the_judge():
 def test_scores_carry_no_autograd_graph(tiny_clip):
     path, _ = tiny_clip
     assert not create_scorer("pickscore", model=path, processor=path)(_images(1), ["a"]).requires_grad
+
+
+def test_aesthetic_is_the_mlp_on_the_normalised_image_embedding(tiny_clip, tmp_path):
+    from diffalign.scorers.aesthetic import AestheticHead
+
+    path, model = tiny_clip
+    torch.manual_seed(1)
+    head = AestheticHead(16).eval()
+    torch.save(head.state_dict(), tmp_path / "head.pth")  # the published head's file layout
+    scorer = create_scorer("aesthetic", head=str(tmp_path / "head.pth"), clip=path)
+    images = _images(2, seed=3)
+    scores = scorer(images, ["ignored"] * 2)
+    for score, image in zip(scores, images):
+        inputs = CLIPProcessor.from_pretrained(path)(images=[Image.fromarray(image)], return_tensors="pt")
+        with torch.no_grad():
+            emb = model(input_ids=torch.tensor([[49406, 49407]]), pixel_values=inputs["pixel_values"]).image_embeds
+            expected = head(emb)  # CLIPModel's image_embeds are already L2-normalised
+        assert float(score) == pytest.approx(float(expected), abs=1e-4)
