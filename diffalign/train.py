@@ -10,6 +10,7 @@ Unknown ``--section.key value`` arguments are dotted config overrides, validated
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -151,7 +152,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     if accelerator.is_main_process and accelerator.trackers == [] and cfg.train.report_to != "none":
         accelerator.init_trackers("diffalign", config={"method": cfg.method, **cfg.objective})
     (out).mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(_as_dict(cfg), indent=2))
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
 
     bar = tqdm(total=cfg.train.max_steps, initial=global_step, desc=f"train {cfg.method}",
                disable=not accelerator.is_local_main_process)
@@ -278,12 +279,6 @@ def _resume(accelerator: Accelerator, out: Path, resume: str) -> int:
         raise FileNotFoundError(f"{path} is not a complete diffalign checkpoint (no progress.json)")
     accelerator.load_state(str(path))
     return json.loads(progress.read_text())["global_step"]
-
-
-def _as_dict(cfg) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
