@@ -101,11 +101,11 @@ def test_scores_carry_no_autograd_graph(tiny_clip):
 
 
 def test_aesthetic_is_the_mlp_on_the_normalised_image_embedding(tiny_clip, tmp_path):
-    from diffalign.scorers.aesthetic import AestheticHead
+    from diffalign.scorers.heads import LinearMLPHead
 
     path, model = tiny_clip
     torch.manual_seed(1)
-    head = AestheticHead(16).eval()
+    head = LinearMLPHead(16).eval()
     torch.save(head.state_dict(), tmp_path / "head.pth")  # the published head's file layout
     scorer = create_scorer("aesthetic", head=str(tmp_path / "head.pth"), clip=path)
     images = _images(2, seed=3)

@@ -1,9 +1,8 @@
 """LAION aesthetic predictor v2 (improved-aesthetic-predictor): an MLP on the L2-normalised CLIP ViT-L/14 image
 embedding; the prompt is ignored. Score ≈ 1–10.
 
-The head is the published one (``sac+logos+ava1-l14-linearMSE.pth``; keys ``layers.{0,2,4,6,7}.{weight,bias}``):
-Linear(D, 1024) → Dropout → Linear(1024, 128) → Dropout → Linear(128, 64) → Dropout → Linear(64, 16) → Linear(16, 1),
-no activations (hence "linear MLP"). Loaded with ``weights_only=True`` or from safetensors.
+The head is the published one (``sac+logos+ava1-l14-linearMSE.pth``), a ``LinearMLPHead`` (see heads.py).
+Loaded with ``weights_only=True`` or from safetensors.
 """
 
 from __future__ import annotations
@@ -14,16 +13,7 @@ from transformers import CLIPModel, CLIPProcessor
 
 from ..models.checkpoints import load_state_dict
 from .base import batched, register, to_pil
-
-
-class AestheticHead(nn.Module):
-    def __init__(self, dim: int = 768):
-        super().__init__()
-        self.layers = nn.Sequential(nn.Linear(dim, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-                                    nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1))
-
-    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        return self.layers(embedding)
+from .heads import LinearMLPHead
 
 
 @register("aesthetic")
@@ -33,7 +23,7 @@ class Aesthetic:
         """``head``: path to the MLP weights (.pth or .safetensors); ``clip``: hub id or local CLIP folder."""
         self.clip = CLIPModel.from_pretrained(clip).eval().to(device)
         self.processor = CLIPProcessor.from_pretrained(clip)
-        self.head = AestheticHead(self.clip.config.projection_dim).eval().to(device)
+        self.head = LinearMLPHead(self.clip.config.projection_dim).eval().to(device)
         self.head.load_state_dict(load_state_dict(head))
         self.device, self.batch_size = device, batch_size
 
