@@ -95,6 +95,18 @@ def test_toy_scorer_matches_the_judge():
         create_scorer("hps3")
 
 
+def test_toy_named_scores_give_each_attribute_where_stated():
+    good = render(Scene("white", [Shape("red", "circle", 0.5, 0.5, 0.28)]))
+    blue = render(Scene("white", [Shape("blue", "circle", 0.5, 0.5, 0.28)]))
+    prompts = ["a large red circle on a white background", "a red circle"]
+    named = create_scorer("toy").named_scores([good, blue], prompts)
+    assert named["colour"].tolist() == [1.0, 0.0] and named["shape"].tolist() == [1.0, 1.0]
+    assert named["size"][0] == 1.0 and named["size"][1].isnan()  # unstated in the second caption
+    assert named["background"][0] == 1.0 and named["position"].isnan().all()
+    assert named["fidelity"].tolist() == create_scorer("toy")([good, blue], prompts).tolist()
+    assert named["bold"].tolist() == create_scorer("toy", score="bold")([good, blue], prompts).tolist()
+
+
 def test_scores_carry_no_autograd_graph(tiny_clip):
     path, _ = tiny_clip
     assert not create_scorer("pickscore", model=path, processor=path)(_images(1), ["a"]).requires_grad
