@@ -61,11 +61,55 @@ def _toy_demo(args) -> None:
           f"scores: {Path(args.out) / 'demo_scores.json'}")
 
 
+def _eval(args) -> None:
+    from .evaluation import SamplingSettings, evaluate
+    from .evaluation.api import default_device
+    from .evaluation.scoring import parse_scorer_options
+
+    device = args.device or default_device()
+    dtype = args.dtype or ("float16" if device.startswith("cuda") else "float32")
+    report = evaluate(
+        args.model, adapters=args.lora, prompts=args.prompts, scorers=args.scorers.split(","),
+        output_dir=args.out, seeds_per_prompt=args.seeds_per_prompt, first_seed=args.first_seed,
+        prompt_column=args.prompt_column, split=args.split, limit=args.limit,
+        settings=SamplingSettings(args.steps, args.guidance, args.height, args.width, dtype),
+        scorer_options=parse_scorer_options(args.scorer_option), device=device, batch_size=args.batch_size,
+        cache=not args.no_cache)
+    print(report.to_markdown())
+    print("written: " + ", ".join(report.files.values()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffalign", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     # `diffalign train ...` is dispatched in main() before parsing; listed here for --help.
     sub.add_parser("train", help="train (same arguments as `accelerate launch diffalign/train.py`)")
+    p = sub.add_parser("eval", help="generate with fixed seeds for a base model and its adapters, score, report")
+    p.add_argument("--model", default=str(TOY_SD), help="base model: hub id or diffusers folder")
+    p.add_argument("--lora", action="append", default=[], metavar="[NAME=]PATH[@SCALE]",
+                   help="an adapter to compare with the base (LoRA folder/file, or a folder with unet/); repeatable")
+    p.add_argument("--prompts", default="toy:attributes",
+                   help="toy:attributes|toy:persona|toy:long, a .txt/.jsonl file, or a datasets source")
+    p.add_argument("--prompt-column", default=None, help="JSONL key / dataset column (default: prompt or caption)")
+    p.add_argument("--split", default="test", help="dataset split (e.g. test_unique for Pick-a-Pic v2)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
+    p.add_argument("--seeds-per-prompt", type=int, default=4)
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--scorers", default="toy", help="comma-separated: toy,pickscore,hps,clipscore,aesthetic,imagereward")
+    p.add_argument("--scorer-option", action="append", default=[], metavar="SCORER.OPTION=VALUE",
+                   help="e.g. pickscore.model=/models/PickScore_v1 or hps.checkpoint=/ckpt/HPS_v2.1_compressed.pt")
+    p.add_argument("--steps", type=int, default=25, help="sampling steps")
+    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=16, help="images sampled per pipeline call")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                   help="pipeline dtype (default: float16 on cuda, float32 on cpu)")
+    p.add_argument("--out", default="outputs/eval", help="report folder; images are cached under OUT/images")
+    p.add_argument("--no-cache", action="store_true", help="resample every image instead of reusing cached ones")
+    p.set_defaults(func=_eval)
+
     toy = sub.add_parser("toy", help="the toy shapes world: pretrain its base model, build data, measure, demo")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
 
@@ -109,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except FileExistsError as err:
+    except (FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"diffalign: {err}", file=sys.stderr)
         return 2
     return 0

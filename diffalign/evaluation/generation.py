@@ -1,0 +1,69 @@
+"""Generating the evaluation images, with a cache so that a rerun (another scorer, a new adapter) only samples
+what is missing.
+
+Images are lossless PNGs under ``<cache>/<model name>-<fingerprint>-<settings hash>/<case hash>.png``; a case is
+(prompt, seed) and its image depends on nothing else (one generator per case, see toy.sampling.generate), so
+cached and fresh images are interchangeable and the same seeds serve every model compared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..toy.sampling import generate
+from .models import ModelSpec, load_pipeline
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    num_inference_steps: int = 25
+    guidance_scale: float = 5.0
+    height: int | None = None  # None: the pipeline's default resolution
+    width: int | None = None
+    dtype: str = "float32"
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def case_key(prompt: str, seed: int) -> str:
+    return hashlib.sha256(f"{seed}|{prompt}".encode()).hexdigest()[:20]
+
+
+def images_for(spec: ModelSpec, prompts: list[str], seeds: list[int], settings: SamplingSettings,
+               cache_root: Path | None, device: str = "cpu", batch_size: int = 16,
+               progress: bool = True) -> tuple[np.ndarray, int]:
+    """uint8 images [N, H, W, 3] of ``spec`` for the N cases, and how many came from the cache.
+
+    ``cache_root=None`` disables the cache. The pipeline is only loaded when some case is missing.
+    """
+    folder = cache_root / f"{spec.name}-{spec.fingerprint()}-{settings.key()}" if cache_root else None
+    files = [folder / f"{case_key(p, s)}.png" for p, s in zip(prompts, seeds)] if folder else [None] * len(prompts)
+    missing = [i for i, f in enumerate(files) if f is None or not f.is_file()]
+    images: list[np.ndarray | None] = [None] * len(prompts)
+    for i in sorted(set(range(len(prompts))) - set(missing)):
+        images[i] = np.asarray(Image.open(files[i]).convert("RGB"))
+    if missing:
+        pipe = load_pipeline(spec, device, getattr(torch, settings.dtype))
+        size = {k: v for k, v in (("height", settings.height), ("width", settings.width)) if v}
+        fresh = generate(pipe, [prompts[i] for i in missing], [seeds[i] for i in missing],
+                         settings.num_inference_steps, settings.guidance_scale, batch_size=batch_size,
+                         progress=progress, **size)
+        if folder:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "model.json").write_text(json.dumps({**asdict(spec), "settings": asdict(settings)}, indent=2))
+        for i, image in zip(missing, fresh):
+            images[i] = image
+            if folder:
+                tmp = files[i].with_suffix(".tmp.png")
+                Image.fromarray(image).save(tmp)
+                tmp.replace(files[i])  # atomic: an interrupted run never leaves a half-written image behind
+        del pipe
+    return np.stack(images), len(prompts) - len(missing)

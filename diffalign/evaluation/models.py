@@ -1,0 +1,75 @@
+"""The models an evaluation compares: the base, and the base plus each adapter.
+
+An adapter is what diffalign's trainer writes (and what diffusers loads): a LoRA folder or file
+(``pytorch_lora_weights.safetensors``), or a full fine-tune's folder with a ``unet/`` subfolder. Each model has a
+fingerprint of everything that decides its images, so cached generations are reused only for the same weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # shown in reports; "base" for the base model
+    base: str  # hub id or local diffusers folder
+    adapter: str | None = None  # LoRA folder/file, or a folder with unet/ (full fine-tune)
+    lora_scale: float = 1.0
+
+    def fingerprint(self) -> str:
+        """Hash of the base's identity and the adapter's weight bytes: a retrained adapter gets a new cache."""
+        h = hashlib.sha256(f"{self.base}|{self.lora_scale}".encode())
+        for path in _weight_files(self.base):  # local base: size and mtime (hashing GBs on every run is too slow)
+            stat = path.stat()
+            h.update(f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        if self.adapter:
+            for path in _weight_files(self.adapter) or [Path(self.adapter)]:
+                h.update(path.name.encode())
+                with open(path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 24), b""):
+                        h.update(block)
+        return h.hexdigest()[:16]
+
+
+def _weight_files(path: str) -> list[Path]:
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        return []  # a hub id: its name (in the hash) identifies it
+    return sorted(f for f in p.rglob("*") if f.suffix in WEIGHT_SUFFIXES and f.is_file())
+
+
+def parse_adapter(text: str, base: str) -> ModelSpec:
+    """``PATH``, ``NAME=PATH`` or ``NAME=PATH@SCALE`` (a LoRA scale) -> ModelSpec."""
+    name, _, rest = text.rpartition("=") if "=" in text else ("", "", text)
+    path, _, scale = rest.partition("@")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"adapter {path!r} not found (expected a LoRA folder/file or a folder with unet/)")
+    name = name or Path(path).resolve().name
+    if name == "base":
+        raise ValueError("the name 'base' is reserved for the base model; name the adapter NAME=PATH")
+    return ModelSpec(name, base, path, float(scale) if scale else 1.0)
+
+
+def load_pipeline(spec: ModelSpec, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """A diffusers pipeline of the base with the adapter applied the way a user would load it."""
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+
+    pipe = DiffusionPipeline.from_pretrained(spec.base, dtype=dtype)
+    if spec.adapter:
+        adapter = Path(spec.adapter)
+        if (adapter / "unet").is_dir():
+            pipe.unet = UNet2DConditionModel.from_pretrained(adapter / "unet", dtype=dtype)
+        else:
+            pipe.load_lora_weights(str(adapter), adapter_name="evaluated")  # not "eval": that is a Module method
+            if spec.lora_scale != 1.0:
+                pipe.set_adapters(["evaluated"], adapter_weights=[spec.lora_scale])
+    return pipe.to(device)

@@ -1,0 +1,115 @@
+"""`diffalign eval` / `diffalign.evaluate` on the embedded toy model: the four files, paired seeds, win rates,
+the generation cache, and the prompt sources."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+import diffalign
+from diffalign.cli import main
+from diffalign.evaluation import SamplingSettings
+from diffalign.evaluation.prompt_sources import load_prompts
+from diffalign.models.lora import attach_lora, save_lora
+from diffalign.paths import TOY_SD
+from diffalign.toy.prompts import prompt_set
+from diffalign.toy.sampling import cases, generate
+from diffalign.toy.scoring import attribute_rates, judge
+
+FAST = SamplingSettings(num_inference_steps=8)
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tmp_path_factory):
+    """A LoRA with random (non-zero) B, so the adapted model draws different images from the base."""
+    pipe = StableDiffusionPipeline.from_pretrained(TOY_SD)
+    attach_lora(pipe.unet, rank=4, alpha=4, target_modules=["to_k", "to_q", "to_v", "to_out.0"])
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    out = tmp_path_factory.mktemp("lora")
+    save_lora(pipe.unet, out)
+    return out
+
+
+def test_evaluate_writes_the_four_files_and_reuses_cached_images(tmp_path, lora_dir):
+    kwargs = dict(prompts="toy:attributes", limit=4, seeds_per_prompt=2, scorers=["toy"], settings=FAST,
+                  output_dir=tmp_path, progress=False)
+    report = diffalign.evaluate(str(TOY_SD), adapters=[f"noisy={lora_dir}"], **kwargs)
+    for name in ("report.json", "report.md", "grid.png", "distributions.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert report.models == ["base", "noisy"] and report.seeds == [0, 1] * 4
+    assert report.cached == {"base": 0, "noisy": 0}
+    base, noisy = report.scores["base"]["toy/bold"], report.scores["noisy"]["toy/bold"]
+    assert base.shape == (8,) and not np.allclose(base, noisy)  # the LoRA changes the images
+    wr = report.win_rates()["noisy"]["toy/bold"]
+    assert wr.n == 8 and wr.wins == int((noisy > base).sum()) and wr.losses == int((noisy < base).sum())
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["cases"][3]["noisy/toy/bold"] == pytest.approx(float(noisy[3]))
+    assert saved["win_rates_vs_base"]["noisy"]["toy/bold"]["rate"] == pytest.approx(wr.rate)
+    assert "| toy/bold |" in (tmp_path / "report.md").read_text()
+
+    again = diffalign.evaluate(str(TOY_SD), adapters=[f"noisy={lora_dir}"], **kwargs)
+    assert again.cached == {"base": 8, "noisy": 8}
+    for model in ("base", "noisy"):
+        for score, values in report.scores[model].items():
+            np.testing.assert_array_equal(again.scores[model][score], values)
+
+
+def test_eval_matches_the_judge_on_freshly_sampled_images(tmp_path):
+    """The toy/<attribute> means are the base-model table's rates, computed here directly from the judge."""
+    prompts, seeds = cases(prompt_set("attributes")[:5], 2)
+    pipe = StableDiffusionPipeline.from_pretrained(TOY_SD)
+    images = generate(pipe, prompts, seeds, FAST.num_inference_steps, FAST.guidance_scale, progress=False)
+    expected = attribute_rates([judge(im, p) for im, p in zip(images, prompts)])
+    report = diffalign.evaluate(str(TOY_SD), prompts=prompt_set("attributes")[:5], seeds_per_prompt=2,
+                                settings=FAST, output_dir=tmp_path, progress=False)
+    summary = report.summary()["base"]
+    for kind in ("colour", "shape", "size", "position"):
+        assert summary[f"toy/{kind}"].mean == pytest.approx(expected[kind])
+
+
+def test_cli_eval_prints_the_report(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n\na blue square on a white background\n")
+    code = main(["eval", "--model", str(TOY_SD), "--prompts", str(prompts), "--seeds-per-prompt", "2",
+                 "--steps", "4", "--out", str(tmp_path / "out"), "--scorers", "toy"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "4 cases (2 prompts" in printed and "toy/fidelity" in printed
+    assert main(["eval", "--model", str(TOY_SD), "--lora", str(tmp_path / "missing"), "--out",
+                 str(tmp_path / "out2")]) == 2
+    assert main(["eval", "--model", str(TOY_SD), "--out", str(tmp_path)]) == 2  # holds prompts.txt: refused
+    assert prompts.read_text().startswith("a red circle")
+
+
+def test_prompt_sources(tmp_path):
+    (tmp_path / "p.jsonl").write_text('{"caption": "a red circle"}\n\n{"prompt": "a dog"}\n')
+    assert load_prompts(str(tmp_path / "p.jsonl")) == ["a red circle", "a dog"]
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n{"text": "no key"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl, line 2: expected a string under 'prompt' or 'caption'"):
+        load_prompts(str(tmp_path / "bad.jsonl"))
+    import pandas as pd
+
+    pd.DataFrame({"caption": ["x", "y", "z"]}).to_parquet(tmp_path / "t.parquet")
+    assert load_prompts(str(tmp_path / "t.parquet"), limit=2) == ["x", "y"]
+    with pytest.raises(ValueError, match="no prompt column 'text'"):
+        load_prompts(str(tmp_path / "t.parquet"), column="text")
+    assert load_prompts("toy:persona") == prompt_set("persona")
+    with pytest.raises(ValueError, match="unknown toy prompt set"):
+        load_prompts("toy:nope")
+
+
+def test_scorer_options_are_parsed_and_checked():
+    from diffalign.evaluation.scoring import build_scorers, parse_scorer_options
+
+    assert parse_scorer_options(["hps.version=v2", "toy.score=\"bold\"", "x.n=3"]) == \
+        {"hps": {"version": "v2"}, "toy": {"score": "bold"}, "x": {"n": 3}}
+    with pytest.raises(ValueError, match="expected SCORER.OPTION=VALUE"):
+        parse_scorer_options(["pickscore=/x"])
+    with pytest.raises(ValueError, match="not in use"):
+        build_scorers(["toy"], {"hps": {"version": "v2"}}, "cpu")
