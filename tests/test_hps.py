@@ -7,6 +7,7 @@ import open_clip
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from diffalign.scorers import create_scorer
 from diffalign.scorers.hps import CLIP_MEAN, CLIP_STD
@@ -24,6 +25,7 @@ def tiny_hps(tmp_path_factory):
     torch.manual_seed(0)
     model = open_clip.create_model("tiny-hps-test", pretrained=None).eval()
     torch.save({"state_dict": model.state_dict()}, root / "HPS_tiny.pt")  # the HPS checkpoint layout
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, root / "HPS_tiny.safetensors")
     return str(root / "HPS_tiny.pt"), model
 
 
@@ -52,3 +54,18 @@ def test_hps_is_the_cosine_after_longest_side_resize_and_padding(tiny_hps):
         assert float(score) == pytest.approx(_hand_score(model, image, prompt), abs=2e-3)
     torch.testing.assert_close(scores, create_scorer("hps", checkpoint=path, model_name="tiny-hps-test",
                                                      batch_size=1)(images, prompts), rtol=1e-4, atol=1e-5)
+
+
+def test_clipscore_on_an_open_clip_model_uses_its_own_preprocessing(tiny_hps):
+    path, model = tiny_hps
+    scorer = create_scorer("clipscore", model="open_clip:tiny-hps-test", pretrained=path.replace(".pt", ".safetensors"))
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)  # square at the model's size: no resize, no crop
+    prompts = ["a red circle", "a blue square", "a dog on a beach", "a green triangle"]
+    arr = (image.astype(np.float64) / 255 - np.array(CLIP_MEAN)) / np.array(CLIP_STD)
+    with torch.no_grad():
+        img = model.encode_image(torch.tensor(arr, dtype=torch.float32).permute(2, 0, 1)[None], normalize=True)
+        expected = (img * model.encode_text(open_clip.tokenize(prompts), normalize=True)).sum(-1)
+    cosine = scorer.clip.cosine([image] * 4, prompts)
+    torch.testing.assert_close(cosine, expected, atol=2e-3, rtol=0)
+    torch.testing.assert_close(scorer([image] * 4, prompts), torch.clamp(100 * cosine, min=0))

@@ -128,3 +128,12 @@ def test_aesthetic_is_the_mlp_on_the_normalised_image_embedding(tiny_clip, tmp_p
             emb = model(input_ids=torch.tensor([[49406, 49407]]), pixel_values=inputs["pixel_values"]).image_embeds
             expected = head(emb)  # CLIPModel's image_embeds are already L2-normalised
         assert float(score) == pytest.approx(float(expected), abs=1e-4)
+
+
+def test_dtype_option_accepts_command_line_names(tiny_clip):
+    path, _ = tiny_clip
+    scorer = create_scorer("pickscore", model=path, processor=path, dtype="bfloat16")
+    assert scorer.model.dtype == torch.bfloat16
+    assert scorer(_images(2), ["a", "b"]).dtype == torch.float32  # scores are returned in float32
+    with pytest.raises(ValueError, match="unknown dtype 'float17'"):
+        create_scorer("pickscore", model=path, processor=path, dtype="float17")

@@ -32,6 +32,15 @@ def create_scorer(name: str, **options):
     return REGISTRY[name](**options)
 
 
+def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """torch.float16 or "float16" (as given on the command line) -> torch.float16."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if not isinstance(getattr(torch, str(dtype), None), torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}; expected e.g. float32, float16, bfloat16")
+    return getattr(torch, dtype)
+
+
 def to_pil(image) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from transformers import CLIPModel, CLIPProcessor
 
-from .base import cosine_in_batches, register
+from .base import as_dtype, cosine_in_batches, register
+from .open_clip_models import OpenClipSimilarity
 
 
 def _embedding(output) -> torch.Tensor:
@@ -23,10 +24,16 @@ def _embedding(output) -> torch.Tensor:
 
 class CLIPSimilarity:
     def __init__(self, model: str, processor: str | None = None, device: str = "cpu",
-                 dtype: torch.dtype = torch.float32, batch_size: int = 32):
-        self.model = CLIPModel.from_pretrained(model, torch_dtype=dtype, use_safetensors=None).eval().to(device)
+                 dtype: torch.dtype | str = torch.float32, batch_size: int = 32):
+        self.dtype = as_dtype(dtype)
+        self.model = CLIPModel.from_pretrained(model, dtype=self.dtype, use_safetensors=None).eval().to(device)
         self.processor = CLIPProcessor.from_pretrained(processor or model)
-        self.device, self.dtype, self.batch_size = device, dtype, batch_size
+        self.device, self.batch_size = device, batch_size
+
+    def image_features(self, images: list) -> torch.Tensor:
+        """Projected, unnormalised image embeddings [b, D] of PIL images."""
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        return _embedding(self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype)))
 
     def _embed(self, images: list, texts: list[str]):
         inputs = self.processor(images=images, text=texts, padding=True, truncation=True, max_length=77,
@@ -52,9 +59,16 @@ class PickScore(CLIPSimilarity):
 
 
 @register("clipscore")
-class CLIPScore(CLIPSimilarity):
-    def __init__(self, model: str = "openai/clip-vit-large-patch14", processor: str | None = None, **kwargs):
-        super().__init__(model, processor, **kwargs)
+class CLIPScore:
+    """``model``: a transformers CLIP (hub id or folder), or ``open_clip:<model name>`` with ``pretrained`` an
+    open_clip tag or weight file (e.g. model="open_clip:ViT-H-14", pretrained="laion2b_s32b_b79k")."""
+
+    def __init__(self, model: str = "openai/clip-vit-large-patch14", processor: str | None = None,
+                 pretrained: str | None = None, **kwargs):
+        if model.startswith("open_clip:"):
+            self.clip = OpenClipSimilarity(model[len("open_clip:"):], pretrained, **kwargs)
+        else:
+            self.clip = CLIPSimilarity(model, processor, **kwargs)
 
     def __call__(self, images: list, prompts: list[str]) -> torch.Tensor:
-        return torch.clamp(100 * self.cosine(images, prompts), min=0)
+        return torch.clamp(100 * self.clip.cosine(images, prompts), min=0)

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import open_clip
 import torch
 
-from ..models.checkpoints import load_state_dict
-from .base import cosine_in_batches, register
+from .base import register
+from .open_clip_models import OpenClipSimilarity
 
 HPS_FILES = {"v2": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -33,20 +32,15 @@ def _resolve(checkpoint: str | None, version: str) -> str:
 
 
 @register("hps")
-class HPS:
+class HPS(OpenClipSimilarity):
     def __init__(self, version: str = "v2.1", checkpoint: str | None = None, model_name: str = "ViT-H-14",
-                 device: str = "cpu", batch_size: int = 32):
-        self.model = open_clip.create_model(model_name, pretrained=None, device=device).eval()
-        self.model.load_state_dict(load_state_dict(_resolve(checkpoint, version), key="state_dict"))
-        size = self.model.visual.image_size
-        self.preprocess = open_clip.image_transform(size, is_train=False, mean=CLIP_MEAN, std=CLIP_STD,
-                                                    resize_mode="longest", interpolation="bicubic", fill_color=0)
-        self.tokenizer = open_clip.get_tokenizer(model_name)
-        self.device, self.batch_size = device, batch_size
+                 **kwargs):
+        """``checkpoint``: local HPS file, or a file name in the hub repo xswu/HPSv2 (default: the version's)."""
+        super().__init__(model_name, _resolve(checkpoint, version), state_key="state_dict", **kwargs)
 
-    def _embed(self, images: list, texts: list[str]):
-        pixels = torch.stack([self.preprocess(im) for im in images]).to(self.device)
-        return self.model.encode_image(pixels), self.model.encode_text(self.tokenizer(texts).to(self.device))
+    def _preprocess_options(self) -> dict:
+        return {"mean": CLIP_MEAN, "std": CLIP_STD, "resize_mode": "longest", "interpolation": "bicubic",
+                "fill_color": 0}
 
     def __call__(self, images: list, prompts: list[str]) -> torch.Tensor:
-        return cosine_in_batches(images, prompts, self.batch_size, self._embed)
+        return self.cosine(images, prompts)

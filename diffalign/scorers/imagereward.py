@@ -26,7 +26,7 @@ from transformers.models.blip.modeling_blip import BlipVisionModel
 from transformers.models.blip.modeling_blip_text import BlipTextModel
 
 from ..models.checkpoints import load_state_dict
-from .base import batched, register, to_pil
+from .base import as_dtype, batched, register, to_pil
 from .heads import LinearMLPHead
 from .hps import CLIP_MEAN, CLIP_STD
 
@@ -108,10 +108,11 @@ def _resolve(checkpoint: str | None) -> str:
 @register("imagereward")
 class ImageReward:
     def __init__(self, checkpoint: str | None = None, tokenizer: str = "bert-base-uncased", device: str = "cpu",
-                 dtype: torch.dtype = torch.float32, batch_size: int = 32, vision_config: dict | None = None,
+                 dtype: torch.dtype | str = torch.float32, batch_size: int = 32, vision_config: dict | None = None,
                  text_config: dict | None = None):
         """``checkpoint``: ImageReward.pt (local file or a file name in THUDM/ImageReward); ``tokenizer``: hub id or
         folder of bert-base-uncased. ``vision_config``/``text_config`` override the architecture (tests)."""
+        dtype = as_dtype(dtype)
         vision, text, head, unused = convert_official_state_dict(load_state_dict(_resolve(checkpoint)))
         if not vision or not text or not head:
             raise ValueError(f"{checkpoint}: not an ImageReward checkpoint (expected keys blip.visual_encoder.*, "
