@@ -42,6 +42,19 @@ def _toy_data(args) -> None:
     print(json.dumps({k: str(v) for k, v in result.items()}, indent=2))
 
 
+def _data_feedback(args) -> None:
+    from .data.convert import pairs_to_feedback
+
+    print(json.dumps(pairs_to_feedback(args.source, args.split, args.out), indent=2))
+
+
+def _toy_captioned(args) -> None:
+    from .toy.captioned import build_captioned
+
+    refuse_overwrite(Path(args.out), args.overwrite)
+    print(f"written: {build_captioned(args.out, args.n, args.seed)}")
+
+
 def _toy_measure(args) -> None:
     from .toy.measure import measure, to_markdown, write_report
 
@@ -110,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="resample every image instead of reusing cached ones")
     p.set_defaults(func=_eval)
 
+    data = sub.add_parser("data", help="prepare training tables")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser("feedback", help="Pick-a-Pic pairs -> KTO binary feedback (caption, image, label)")
+    p.add_argument("--source", required=True, help="hub dataset id, parquet file or folder of pairs")
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", required=True, help="new folder for the parquet shards")
+    p.set_defaults(func=_data_feedback)
+
     toy = sub.add_parser("toy", help="the toy shapes world: pretrain its base model, build data, measure, demo")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
 
@@ -130,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_toy_data)
+
+    p = toy_sub.add_parser("captioned", help="ground-truth renders with their captions (TPO training data)")
+    p.add_argument("--out", default=str(TOY_DATA / "captioned.parquet"))
+    p.add_argument("--n", type=int, default=3000, help="images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_toy_captioned)
 
     p = toy_sub.add_parser("measure", help="the base-model table: fidelity per attribute, spread of unstated ones")
     p.add_argument("--model", default=str(TOY_SD))

@@ -31,8 +31,11 @@ class DataConfig:
     random_flip: bool = False  # same horizontal flip for both images of a pair, with probability 1/2
     drop_ties: bool = True  # drop pairs labelled 0.5/0.5 (about 12% of Pick-a-Pic v2)
     caption_dropout: float = 0.0  # probability of training a pair on the empty caption
-    max_pairs: int | None = None  # use only the first N pairs (after dropping ties)
+    max_pairs: int | None = None  # use only the first N pairs/examples (after dropping ties)
     num_workers: int = 0  # DataLoader worker processes per device
+    desirable_ratio: float | None = 0.8  # KTO: share of desirable draws (None: plain shuffle of the data)
+    perturb_axes: list[str] = field(default_factory=lambda: ["content", "attribute", "spatial", "context"])  # TPO
+    perturber_model: str | None = None  # TPO: a local text-generation model to perturb captions (else rules)
 
 
 @dataclass
@@ -71,6 +74,7 @@ class TrainConfig:
 class EvalConfig:
     enabled: bool = True  # the before/after comparison at the end (toy world only)
     persona: str = "bold"  # the persona whose win rate is reported
+    prompt_set: str = "persona"  # held-out toy prompts of the comparison: persona, attributes or long
     seeds_per_prompt: int = 10  # held-out persona prompts x seeds = cases
     num_inference_steps: int = 25
     guidance_scale: float = 5.0
@@ -213,5 +217,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.lr_scheduler: unknown {t.lr_scheduler!r}; expected one of {schedulers}")
     if not 0 <= d.caption_dropout < 1:
         raise ConfigError(f"data.caption_dropout must be in [0, 1); got {d.caption_dropout}")
+    if d.desirable_ratio is not None and not 0 < d.desirable_ratio < 1:
+        raise ConfigError(f"data.desirable_ratio must be in (0, 1) or null; got {d.desirable_ratio}")
+    from .data.perturb import AXES
+
+    bad_axes = sorted(set(d.perturb_axes) - set(AXES))
+    if bad_axes or not d.perturb_axes:
+        raise ConfigError(f"data.perturb_axes: unknown {bad_axes} (or empty); expected some of {list(AXES)}")
+    if cfg.eval.prompt_set not in ("persona", "attributes", "long"):
+        raise ConfigError(f"eval.prompt_set: expected persona, attributes or long; got {cfg.eval.prompt_set!r}")
     if cfg.lora.enabled and cfg.lora.rank < 1:
         raise ConfigError(f"lora.rank must be >= 1; got {cfg.lora.rank}")

@@ -21,7 +21,7 @@ tags: [diffalign, {cfg.method}, text-to-image, preference-alignment]
 # {cfg.method} on {cfg.model.pretrained}
 
 Trained with diffalign (`{cfg.method}`) on `{cfg.data.source}`: {summary['steps']} optimizer steps,
-{summary['pairs_seen']} pairs seen, {summary['train_seconds']} s of training
+{summary['examples_seen']} examples (pairs or images) seen, {summary['train_seconds']} s of training
 ({summary['ties_dropped']} tied pairs dropped).
 
     from diffusers import StableDiffusionPipeline

@@ -28,8 +28,7 @@ from tqdm.auto import tqdm
 
 from diffalign.config import Config, ConfigError, load_config
 from diffalign.core.step import TrainStep
-from diffalign.data.pairs import PreferencePairs, collate_pairs
-from diffalign.data.sampler import EpochShuffle
+from diffalign.data.factory import build_training_data
 from diffalign.models.loading import load_sd_components
 from diffalign.models.lora import attach_lora, save_lora
 from diffalign.models.lora_checkpoint import register_lora_checkpointing
@@ -127,14 +126,14 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         unet.enable_gradient_checkpointing()
     unet.train()  # from_pretrained returns eval mode
 
-    dataset = PreferencePairs(cfg.data, parts.tokenizer, seed=cfg.train.seed)
-    pairs_per_update = cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes
+    per_update = cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes
     try:
-        sampler = EpochShuffle(len(dataset), cfg.train.seed, multiple=pairs_per_update)
+        dataset, sampler, collate = build_training_data(cfg.data, objective.pair_axis, parts.tokenizer,
+                                                        cfg.train.seed, per_update)
     except ValueError as err:
         raise ConfigError(str(err)) from err
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler,
-                                         collate_fn=collate_pairs, drop_last=True, num_workers=cfg.data.num_workers)
+                                         collate_fn=collate, drop_last=True, num_workers=cfg.data.num_workers)
     optimizer = make_optimizer(cfg, params)
     # accelerate steps the scheduler once per process per optimizer step, hence the num_processes factor.
     lr_scheduler = get_scheduler(cfg.train.lr_scheduler, optimizer,
@@ -199,8 +198,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     accelerator.wait_for_everyone()
 
     summary = {"method": cfg.method, "steps": global_step, "train_seconds": round(train_seconds, 1),
-               "pairs_seen": global_step * cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes,
-               "ties_dropped": dataset.skipped_ties, "pairs_available": len(dataset),
+               "examples_seen": global_step * cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes,
+               "ties_dropped": getattr(dataset, "skipped_ties", 0), "examples_available": len(dataset),
                "first_metrics": history[0] if history else {}, "final_metrics": _mean_tail(history)}
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(unet)

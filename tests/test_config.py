@@ -12,8 +12,27 @@ SHIPPED = sorted((REPO_ROOT / "configs").glob("*/*.yaml"))
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO_ROOT)))
 def test_shipped_configs_validate(path: Path):
+    from diffalign.objectives import REGISTRY
+
     cfg = load_config(path)
-    assert cfg.method in ("dpo", "mapo")
+    assert cfg.method in REGISTRY and path.stem.split("_")[0] == cfg.method  # named for the method it runs
+
+
+def test_every_method_has_a_toy_default_and_an_sd15_config():
+    from diffalign.objectives import REGISTRY
+
+    for method in REGISTRY:
+        assert (REPO_ROOT / "configs/toy" / f"{method}.yaml").is_file(), method
+        assert list((REPO_ROOT / "configs/sd15").glob(f"{method}_*.yaml")), method
+
+
+def test_new_data_options_are_validated():
+    with pytest.raises(ConfigError, match="data.desirable_ratio must be in"):
+        load_config(REPO_ROOT / "configs/toy/kto.yaml", [("data.desirable_ratio", "1.5")])
+    with pytest.raises(ConfigError, match="data.perturb_axes: unknown"):
+        load_config(REPO_ROOT / "configs/toy/tdpo.yaml", [("data.perturb_axes", "[colour]")])
+    with pytest.raises(ConfigError, match="unknown KTO utility"):
+        load_config(REPO_ROOT / "configs/toy/kto.yaml", [("objective.utility", "convex")])
 
 
 def test_dotted_overrides_are_typed():

@@ -5,7 +5,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from diffalign.core.errors import noisy_latents_and_target, per_sample_errors
-from diffalign.core.noise import pair_noise, seeded_generators
+from diffalign.core.noise import group_noise, seeded_generators
 from diffalign.core.reference import reference_unet
 from diffalign.models.lora import attach_lora
 
@@ -18,12 +18,11 @@ def tiny_unet():
                                 cross_attention_dim=16, attention_head_dim=4, norm_num_groups=8)
 
 
-def test_pairs_share_noise_and_timestep_and_pairs_differ():
-    x = torch.zeros(6, 4, 8, 8)
-    noise, t = pair_noise(x, seeded_generators(torch.tensor([1, 2, 3])), 1000)
-    assert torch.equal(noise[:3], noise[3:]) and torch.equal(t[:3], t[3:])
+def test_groups_get_their_own_reproducible_noise_and_timestep():
+    noise, t = group_noise((4, 8, 8), seeded_generators(torch.tensor([1, 2, 3])), 1000)
+    assert noise.shape == (3, 4, 8, 8) and t.shape == (3,) and t.dtype == torch.long
     assert not torch.equal(noise[0], noise[1])
-    again, t2 = pair_noise(x, seeded_generators(torch.tensor([1, 2, 3])), 1000)
+    again, t2 = group_noise((4, 8, 8), seeded_generators(torch.tensor([1, 2, 3])), 1000)
     assert torch.equal(noise, again) and torch.equal(t, t2)
 
 

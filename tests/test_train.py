@@ -23,18 +23,21 @@ def _cfg(tmp_path, method="dpo", extra=()):
                        FAST + [("output_dir", str(tmp_path))] + list(extra))
 
 
-@pytest.mark.parametrize("method", ["dpo", "mapo"])
+@pytest.mark.parametrize("method", ["dpo", "mapo", "inpo", "kto", "tdpo", "tkto"])
 def test_training_changes_lora_weights_and_writes_outputs(tmp_path, method):
     summary = train(_cfg(tmp_path / method, method))
     weights = load_file(tmp_path / method / LORA_FILE)
     lora_b = [v for k, v in weights.items() if "lora_B" in k or "lora.up" in k]
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: nonzero means it trained
     assert summary["steps"] == 2 and (tmp_path / method / "README.md").is_file()
-    assert summary["ties_dropped"] > 0
-    if method == "dpo":  # policy == reference at the first step: exactly log 2, and errors equal
-        first = summary["first_metrics"]
+    if method in ("dpo", "mapo", "inpo"):
+        assert summary["ties_dropped"] > 0
+    first = summary["first_metrics"]
+    if method in ("dpo", "inpo", "tdpo"):  # policy == reference at the first step: exactly log 2, errors equal
         assert abs(first["loss"] - math.log(2)) < 1e-6 and first["implicit_acc"] == 0.5
         assert first["err_policy_w"] == pytest.approx(first["err_ref_w"], abs=1e-7)
+    if method in ("kto", "tkto"):  # g = 0 and z0 = 0 at the first step: 1 - σ(0) = 0.5 for every row
+        assert abs(first["loss"] - 0.5) < 1e-6 and first["z0"] == 0.0
 
 
 def test_lora_reloads_in_diffusers_with_the_same_images(tmp_path):

@@ -13,7 +13,11 @@ import torch
 
 def noisy_latents_and_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor):
     """(x_t [N, C, H, W], target [N, C, H, W]) for the scheduler's prediction type."""
-    x_t = scheduler.add_noise(x0, noise, t)
+    return scheduler.add_noise(x0, noise, t), target_for(scheduler, x0, noise, t)
+
+
+def target_for(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the UNet should predict at x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise [N, C, H, W]."""
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
         target = noise
@@ -23,7 +27,7 @@ def noisy_latents_and_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t
         target = x0
     else:
         raise ValueError(f"unsupported prediction_type {kind!r}; expected epsilon, v_prediction or sample")
-    return x_t, target
+    return target
 
 
 def per_sample_errors(unet, x_t: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor,

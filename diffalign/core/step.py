@@ -1,7 +1,15 @@
-"""One micro-batch of an image-pair objective: latents, shared noise, policy and reference errors, loss.
+"""One micro-batch of any objective: latents, grouped noise, policy and reference errors, loss.
 
-Shapes: pixels [2B, 3, H, W] ordered (w_1..w_B, l_1..l_B); input_ids [B, 77]; seeds [B] (one per pair).
-The policy runs once over all 2B rows; the reference (when the objective needs one) runs once more under
+A batch is a set of UNet *rows*, each an (image, caption, noise group) triple, so that one step serves every
+pair axis (see objectives.base):
+    pixels [N, 3, H, W]   the distinct images;           image_group [N]: the noise group of each image
+    input_ids [U, 77]     the distinct captions
+    seeds [G]             one seed per noise group (the VAE sample, eps, t and any inversion noise come from it)
+    row_image, row_text, row_group [R]: what each row is made of; labels [R] where the objective needs them.
+row_detached [R] (optional): rows whose policy errors carry no gradient (KTO's mismatched reference point).
+Image pairs: rows (w_1..w_B, l_1..l_B), both members of pair i in group i with caption i. Caption pairs (TPO): rows
+(x_i|c_w_i ..., x_i|c_l_i ...), group i. Single images (KTO): one row, one group each.
+The policy runs once over all rows; the reference (when the objective needs one) runs once more under
 ``torch.no_grad()`` on the same inputs, as the adapters-disabled policy (LoRA) or the frozen copy (full fine-tune).
 """
 
@@ -9,9 +17,10 @@ from __future__ import annotations
 
 import torch
 
-from ..objectives.base import Objective, PairErrors
-from .errors import noisy_latents_and_target, per_sample_errors
-from .noise import pair_noise, sample_latents, seeded_generators
+from ..objectives.base import Objective
+from .errors import per_sample_errors, target_for
+from .inversion import ddim_inversion_latents
+from .noise import group_noise, sample_latents, seeded_generators
 from .reference import reference_unet
 
 
@@ -20,26 +29,45 @@ class TrainStep:
         self.objective, self.vae, self.text_encoder = objective, vae, text_encoder
         self.noise_scheduler, self.frozen_reference, self.accelerator = noise_scheduler, frozen_reference, accelerator
         self.scaling = vae.config.scaling_factor
+        if hasattr(objective, "cross_process_mean"):  # KTO's reference point is averaged over processes
+            objective.cross_process_mean = lambda x: accelerator.reduce(x, reduction="mean")
 
     @torch.no_grad()
-    def _inputs(self, batch: dict):
+    def _inputs(self, unet, batch: dict):
         device, dtype = self.accelerator.device, self.vae.dtype
-        generators = seeded_generators(batch["seeds"])  # one per pair: VAE sample, eps and t all come from it
+        generators = seeded_generators(batch["seeds"])  # [G]
         posterior = self.vae.encode(batch["pixels"].to(device, dtype)).latent_dist
-        x0 = sample_latents(posterior, generators, repeats=2).float() * self.scaling  # [2B, C, h, w]
-        text = self.text_encoder(batch["input_ids"].to(device))[0]  # [B, 77, D]
-        text = torch.cat([text, text])  # [2B, 77, D]: w and l share the caption
-        noise, t = pair_noise(x0, generators, self.noise_scheduler.config.num_train_timesteps)
-        x_t, target = noisy_latents_and_target(self.noise_scheduler, x0, noise, t)
-        return x_t, t, text, target
+        images = sample_latents(posterior, [generators[g] for g in batch["image_group"].tolist()])
+        images = images.float() * self.scaling  # [N, C, h, w]
+        eps, t = group_noise(images.shape[1:], generators, self.noise_scheduler.config.num_train_timesteps)
+        rows, groups = batch["row_image"].to(device), batch["row_group"]
+        x0, noise, t = images[rows], eps.to(device)[groups.to(device)], t.to(device)[groups.to(device)]  # [R, ...]
+        text = self.text_encoder(batch["input_ids"].to(device))[0][batch["row_text"].to(device)]  # [R, 77, D]
+        if self.objective.noising == "ddim_inversion":
+            # InPO: x_t comes from inverting x0 with the policy itself; the target noise is reparameterised.
+            x_t, noise = ddim_inversion_latents(self.accelerator.unwrap_model(unet), self.noise_scheduler, x0,
+                                                t, text, [generators[g] for g in groups.tolist()],
+                                                **self.objective.inversion_options)
+        else:
+            x_t = self.noise_scheduler.add_noise(x0, noise, t)
+        return x_t, t, text, target_for(self.noise_scheduler, x0, noise, t)
 
     def __call__(self, unet, batch: dict) -> tuple[torch.Tensor, dict]:
-        x_t, t, text, target = self._inputs(batch)  # float32; the prepared UNet autocasts under mixed precision
-        policy = per_sample_errors(unet, x_t, t, text, target)  # [2B] float32
+        batch = self.objective.prepare_batch(batch)
+        x_t, t, text, target = self._inputs(unet, batch)  # float32; the prepared UNet autocasts
+        detached = batch.get("row_detached")
+        if detached is None:
+            policy = per_sample_errors(unet, x_t, t, text, target)  # [R] float32
+        else:  # rows that only inform the loss (no gradient) run without building a graph
+            live = ~detached.to(x_t.device)
+            policy = x_t.new_zeros(len(x_t))
+            policy[live] = per_sample_errors(unet, x_t[live], t[live], text[live], target[live])
+            with torch.no_grad():
+                policy[~live] = per_sample_errors(unet, x_t[~live], t[~live], text[~live], target[~live])
         ref = None
         if self.objective.needs_reference:
             # The unwrapped module has no autocast wrapper of its own, so enter accelerate's explicitly.
             with torch.no_grad(), self.accelerator.autocast(), \
                     reference_unet(self.accelerator.unwrap_model(unet), self.frozen_reference) as r:
                 ref = per_sample_errors(r, x_t.to(r.dtype), t, text.to(r.dtype), target)
-        return self.objective.loss(PairErrors.from_stacked(policy, ref), batch)
+        return self.objective.row_loss(policy, ref, batch)

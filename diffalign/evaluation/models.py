@@ -30,7 +30,7 @@ class ModelSpec:
             stat = path.stat()
             h.update(f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
         if self.adapter:
-            for path in _weight_files(self.adapter) or [Path(self.adapter)]:
+            for path in _adapter_files(self.adapter):
                 h.update(path.name.encode())
                 with open(path, "rb") as f:
                     for block in iter(lambda: f.read(1 << 24), b""):
@@ -45,6 +45,21 @@ def _weight_files(path: str) -> list[Path]:
     if not p.is_dir():
         return []  # a hub id: its name (in the hash) identifies it
     return sorted(f for f in p.rglob("*") if f.suffix in WEIGHT_SUFFIXES and f.is_file())
+
+
+def _adapter_files(path: str) -> list[Path]:
+    """Only what loading reads: the unet/ folder of a full fine-tune, else the top-level LoRA weight file(s) —
+    not the checkpoints or reports a training folder also holds."""
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if (p / "unet").is_dir():
+        return _weight_files(str(p / "unet"))
+    files = sorted(f for f in p.glob("*") if f.suffix in WEIGHT_SUFFIXES and f.is_file())
+    if not files:
+        raise FileNotFoundError(f"adapter folder {p} holds no weight file (e.g. pytorch_lora_weights.safetensors) "
+                                "and no unet/ folder")
+    return files
 
 
 def parse_adapter(text: str, base: str) -> ModelSpec:

@@ -33,9 +33,19 @@ class Objective:
     name: str = ""
     needs_reference: bool = True
     pair_axis: str = "images"
+    noising: str = "forward"  # "forward": x_t = add_noise(x0, eps, t); "ddim_inversion": InPO's inverted x_t
+    inversion_options: dict = {}
 
     def loss(self, errors: PairErrors, batch: dict | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
+
+    def prepare_batch(self, batch: dict) -> dict:
+        """Add rows the objective needs beyond the data's (e.g. KTO's mismatched reference point); default none."""
+        return batch
+
+    def row_loss(self, policy: torch.Tensor, ref: torch.Tensor | None, batch: dict):
+        """Loss from per-row errors [R]. Pair objectives see them split into (w, l) halves; others override."""
+        return self.loss(PairErrors.from_stacked(policy, ref), batch)
 
 
 REGISTRY: dict[str, type[Objective]] = {}

@@ -1,0 +1,56 @@
+"""Captioned images for TPO (TDPO/TKTO): each image x with its true caption c_w and a perturbed caption c_l.
+
+The perturbed caption comes from a ``negative_caption`` column when the table has one, else from the perturber,
+seeded per (run seed, epoch, row) — so each epoch sees a fresh, reproducible mismatch. Rows: (x_i | c_w_i) for all
+i, then (x_i | c_l_i); both rows of an image share its noise group (the same eps and t), labels 1 then 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..config import DataConfig
+from .examples import TableExamples, decode_image, paired_transform
+from .perturb import RulePerturber
+
+CAPTIONED_COLUMNS = ["caption", "image"]
+
+
+class CaptionedImages(TableExamples):
+    def __init__(self, cfg: DataConfig, tokenizer, seed: int = 0, perturber=None):
+        table = self.open(cfg, CAPTIONED_COLUMNS)
+        super().__init__(cfg, tokenizer, seed, table, np.arange(len(table)))
+        self.given_negatives = "negative_caption" in table.column_names
+        self.perturber = perturber or RulePerturber(tuple(cfg.perturb_axes))
+
+    def negative(self, caption: str, record: dict, rng: np.random.Generator, where: str) -> str:
+        if self.given_negatives:
+            negative = record["negative_caption"]
+            if not isinstance(negative, str) or not negative.strip() or negative.strip() == caption.strip():
+                raise ValueError(f"{where}: negative_caption {negative!r} must be a non-empty caption that differs "
+                                 f"from the caption {caption!r}")
+            return negative
+        return self.perturber.perturb(caption, rng)[0]
+
+    def __getitem__(self, i: int) -> dict:
+        row, record, where, seed, rng = self.example(i)
+        caption = record["caption"]
+        if not isinstance(caption, str) or not caption.strip():
+            raise ValueError(f"{where}: TPO needs a non-empty caption to perturb; got {caption!r}")
+        image = decode_image(record["image"], f"{where} column image")
+        pixels = paired_transform([image], self.cfg.resolution, self.cfg.random_crop, self.cfg.random_flip, rng)
+        negative = self.negative(caption, record, rng, where)
+        return {"pixels": pixels[0], "input_ids": self.tokenize(caption), "negative_ids": self.tokenize(negative),
+                "seed": seed}
+
+
+def collate_caption_pairs(examples: list[dict]) -> dict:
+    """-> rows layout (core.step): rows (x_i | c_w_i)_i then (x_i | c_l_i)_i, image i in noise group i."""
+    b = len(examples)
+    image = torch.arange(b).repeat(2)  # [2B]
+    return {"pixels": torch.stack([e["pixels"] for e in examples]), "image_group": torch.arange(b),
+            "input_ids": torch.stack([e["input_ids"] for e in examples] + [e["negative_ids"] for e in examples]),
+            "seeds": torch.tensor([e["seed"] for e in examples], dtype=torch.int64),
+            "row_image": image, "row_text": torch.arange(2 * b), "row_group": image,
+            "labels": torch.cat([torch.ones(b), -torch.ones(b)])}

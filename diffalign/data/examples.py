@@ -1,0 +1,85 @@
+"""What every table-backed training set shares: opening and checking the table, the rows in use, per-example
+randomness from (run seed, epoch, row), image decoding, the shared crop/flip, and tokenisation."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..config import DataConfig
+from ..core.noise import example_seed
+from .tables import open_table, require_columns
+
+
+def decode_image(data, where: str) -> Image.Image:
+    """PNG/JPEG bytes (or a datasets Image dict / PIL image) -> RGB PIL image; names the row when undecodable."""
+    try:
+        if isinstance(data, Image.Image):
+            return data.convert("RGB")
+        if isinstance(data, dict):
+            data = data.get("bytes")
+        return Image.open(io.BytesIO(data)).convert("RGB")
+    except Exception as err:  # PIL raises several types for corrupt data
+        raise ValueError(f"{where}: image could not be decoded ({type(err).__name__}: {err})") from err
+
+
+def paired_transform(images: list[Image.Image], resolution: int, random_crop: bool, random_flip: bool,
+                     rng: np.random.Generator) -> torch.Tensor:
+    """Same resize/crop/flip for every image -> float tensor [len(images), 3, res, res] in [-1, 1]."""
+    out = []
+    first = images[0]
+    scale = resolution / min(first.size)
+    size = (max(resolution, round(first.width * scale)), max(resolution, round(first.height * scale)))
+    left_max, top_max = size[0] - resolution, size[1] - resolution
+    left = int(rng.integers(0, left_max + 1)) if random_crop else left_max // 2
+    top = int(rng.integers(0, top_max + 1)) if random_crop else top_max // 2
+    flip = random_flip and rng.random() < 0.5
+    for im in images:
+        im = im.resize(size, Image.BICUBIC) if im.size != size else im
+        im = im.crop((left, top, left + resolution, top + resolution))
+        if flip:
+            im = im.transpose(Image.FLIP_LEFT_RIGHT)
+        arr = torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1)
+        out.append(arr / 127.5 - 1.0)
+    return torch.stack(out)
+
+
+class TableExamples(torch.utils.data.Dataset):
+    """Base of the datasets: ``rows`` are the table rows in use (after any documented skips and ``max_pairs``)."""
+
+    @staticmethod
+    def open(cfg: DataConfig, columns: list[str]):
+        table = open_table(cfg.source, cfg.split)
+        require_columns(table, columns, cfg.source)
+        return table
+
+    def __init__(self, cfg: DataConfig, tokenizer, seed: int, table, rows: np.ndarray):
+        if cfg.max_pairs is not None:
+            rows = rows[: cfg.max_pairs]
+        self.table, self.rows, self.cfg, self.tokenizer, self.seed = table, rows, cfg, tokenizer, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def example(self, i: int):
+        """(row, record, where, seed, rng) of the i-th example in use.
+
+        Per-example randomness from (seed, epoch, row): the same crop/flip/dropout/noise in any worker, batch size,
+        accumulation or process layout.
+        """
+        row = int(self.rows[i])
+        seed = example_seed(self.seed, self.epoch, row)
+        return row, self.table[row], f"{self.cfg.source} row {row}", seed, np.random.default_rng(seed)
+
+    def caption_or_empty(self, record: dict, rng: np.random.Generator) -> str:
+        caption = record["caption"] or ""
+        return "" if rng.random() < self.cfg.caption_dropout else caption
+
+    def tokenize(self, caption: str) -> torch.Tensor:
+        """[77] token ids, padded/truncated to the tokenizer's window."""
+        return self.tokenizer(caption, padding="max_length", max_length=self.tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt").input_ids[0]

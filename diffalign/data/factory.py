@@ -1,0 +1,31 @@
+"""The training data an objective needs, chosen by its ``pair_axis`` (objectives.base): dataset, sampler, collate."""
+
+from __future__ import annotations
+
+from ..config import DataConfig
+from .captioned import CaptionedImages, collate_caption_pairs
+from .feedback import FeedbackImages, collate_singles
+from .pairs import PreferencePairs, collate_pairs
+from .sampler import DesirableRatioSampler, EpochShuffle
+
+
+def build_training_data(cfg: DataConfig, pair_axis: str, tokenizer, seed: int, examples_per_update: int):
+    """``examples_per_update``: batch x accumulation x processes; epochs are trimmed to whole updates."""
+    if pair_axis == "images":
+        dataset, collate = PreferencePairs(cfg, tokenizer, seed), collate_pairs
+    elif pair_axis == "single":
+        dataset, collate = FeedbackImages(cfg, tokenizer, seed), collate_singles
+    elif pair_axis == "captions":
+        perturber = None
+        if cfg.perturber_model:
+            from .perturb_llm import LLMPerturber
+
+            perturber = LLMPerturber(cfg.perturber_model, axes=tuple(cfg.perturb_axes))
+        dataset, collate = CaptionedImages(cfg, tokenizer, seed, perturber), collate_caption_pairs
+    else:
+        raise ValueError(f"no training data for pair axis {pair_axis!r}")
+    if pair_axis == "single" and cfg.desirable_ratio is not None:
+        sampler = DesirableRatioSampler(dataset.labels, cfg.desirable_ratio, seed, multiple=examples_per_update)
+    else:
+        sampler = EpochShuffle(len(dataset), seed, multiple=examples_per_update)
+    return dataset, sampler, collate

@@ -1,0 +1,27 @@
+"""DDIM-InPO (Lu et al., CVPR 2025, arXiv 2503.18454): Diffusion-DPO on inverted latents.
+
+The loss is Diffusion-DPO's (see dpo.py), L = -log σ((β/2) h), h = (m_ref(w) - m_θ(w)) - (m_ref(l) - m_θ(l)); only
+the inputs change. Instead of x_t = sqrt(ᾱ_t) x0 + sqrt(1-ᾱ_t) eps, each image is DDIM-inverted by the policy
+(core/inversion.py: no grad, conditional, a 10-step grid, η = 0.1 noise) to x_inv, and the errors are measured
+against the reparameterised noise eps* = (x_inv - sqrt(ᾱ_t) x0) / sqrt(1 - ᾱ_t) at each row's own t. Both members
+of a pair share t. Defaults (paper): β 2000 (SD1.5) / 5000 (SDXL), lr ≈ 1e-5, 400 steps.
+"""
+
+from __future__ import annotations
+
+from .base import register
+from .dpo import DiffusionDPO
+
+
+@register
+class DDIMInPO(DiffusionDPO):
+    name = "inpo"
+    noising = "ddim_inversion"
+
+    def __init__(self, beta: float = 2000.0, inversion_steps: int = 10, inversion_eta: float = 0.1, **dpo_options):
+        super().__init__(beta=beta, **dpo_options)
+        if inversion_steps < 1:
+            raise ValueError(f"inversion_steps must be >= 1; got {inversion_steps}")
+        if inversion_eta < 0:
+            raise ValueError(f"inversion_eta must be >= 0; got {inversion_eta}")
+        self.inversion_options = {"steps": int(inversion_steps), "eta": float(inversion_eta)}

@@ -1,0 +1,104 @@
+"""KTO's binary feedback and TPO's captioned images as training rows; the desirable-ratio sampler."""
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+
+from diffalign.config import DataConfig
+from diffalign.data.captioned import CaptionedImages, collate_caption_pairs
+from diffalign.data.feedback import FeedbackImages, collate_singles
+from diffalign.data.sampler import DesirableRatioSampler
+from diffalign.models.tokenizer import build_clip_tokenizer
+from test_pairs_data import _png
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_clip_tokenizer()
+
+
+def _write(tmp_path, rows, name="t.parquet"):
+    Dataset.from_list(rows).to_parquet(str(tmp_path / name))
+    return str(tmp_path / name)
+
+
+def _image(value):
+    return _png(np.full((32, 32, 3), value, dtype=np.uint8))
+
+
+def test_feedback_rows_carry_plus_minus_labels(tmp_path, tokenizer):
+    src = _write(tmp_path, [{"caption": f"c{i}", "image": _image(40 * i), "label": i % 2} for i in range(4)])
+    ds = FeedbackImages(DataConfig(source=src, resolution=32), tokenizer)
+    batch = collate_singles([ds[i] for i in range(4)])
+    assert batch["labels"].tolist() == [-1, 1, -1, 1]
+    assert batch["pixels"].shape == (4, 3, 32, 32) and batch["row_group"].tolist() == [0, 1, 2, 3]
+    assert batch["pixels"][2].mean() == pytest.approx(80 / 127.5 - 1, abs=1e-5)
+
+
+def test_feedback_bad_labels_and_one_class_are_clear_errors(tmp_path, tokenizer):
+    src = _write(tmp_path, [{"caption": "c", "image": _image(0), "label": v} for v in (1, 2)], "bad.parquet")
+    with pytest.raises(ValueError, match=r"row 1 has label=2.0; expected 1 \(desirable\) or 0"):
+        FeedbackImages(DataConfig(source=src, resolution=32), tokenizer)
+    src = _write(tmp_path, [{"caption": "c", "image": _image(0), "label": 1}] * 3, "one.parquet")
+    with pytest.raises(ValueError, match="both desirable and undesirable"):
+        FeedbackImages(DataConfig(source=src, resolution=32), tokenizer)
+
+
+def test_desirable_ratio_sampler_draws_the_asked_share_reproducibly():
+    labels = np.array([1] * 30 + [0] * 70)
+    sampler = DesirableRatioSampler(labels, 0.8, seed=3, multiple=10)
+    sampler.set_epoch(2)
+    order = list(sampler)
+    assert len(order) == 100 and 0.7 < labels[order].mean() < 0.9  # 80% desirable despite 30% in the data
+    assert order == list(sampler)  # same epoch, same order
+    sampler.set_epoch(3)
+    assert order != list(sampler)
+    with pytest.raises(ValueError, match=r"desirable_ratio must be in \(0, 1\)"):
+        DesirableRatioSampler(labels, 1.0, seed=0)
+
+
+def test_captioned_rows_pair_each_image_with_its_caption_and_a_perturbed_one(tmp_path, tokenizer):
+    captions = ["a red circle on the left", "a large blue square", "a green triangle on a white background"]
+    src = _write(tmp_path, [{"caption": c, "image": _image(50 * i)} for i, c in enumerate(captions)])
+    ds = CaptionedImages(DataConfig(source=src, resolution=32), tokenizer, seed=0)
+    examples = [ds[i] for i in range(3)]
+    batch = collate_caption_pairs(examples)
+    assert batch["pixels"].shape == (3, 3, 32, 32) and batch["input_ids"].shape == (6, 77)
+    assert batch["row_image"].tolist() == [0, 1, 2, 0, 1, 2] and batch["row_group"].tolist() == [0, 1, 2, 0, 1, 2]
+    assert batch["labels"].tolist() == [1, 1, 1, -1, -1, -1]
+    for i, c in enumerate(captions):
+        true = tokenizer.decode(batch["input_ids"][i], skip_special_tokens=True)
+        wrong = tokenizer.decode(batch["input_ids"][3 + i], skip_special_tokens=True)
+        assert true.strip() == c and wrong.strip() != c
+    assert torch.equal(ds[1]["negative_ids"], examples[1]["negative_ids"])  # same (seed, epoch, row): same negative
+    ds.epoch = 1
+    assert any(not torch.equal(ds[i]["negative_ids"], examples[i]["negative_ids"]) for i in range(3))
+
+
+def test_given_negative_captions_are_used_and_checked(tmp_path, tokenizer):
+    src = _write(tmp_path, [{"caption": "a red circle", "image": _image(0), "negative_caption": "a blue circle"},
+                            {"caption": "a red circle", "image": _image(0), "negative_caption": "a red circle"}])
+    ds = CaptionedImages(DataConfig(source=src, resolution=32), tokenizer)
+    assert tokenizer.decode(ds[0]["negative_ids"], skip_special_tokens=True).strip() == "a blue circle"
+    with pytest.raises(ValueError, match="row 1: negative_caption 'a red circle' must be .* differs"):
+        ds[1]
+
+
+def test_pairs_convert_to_feedback_without_ties(tmp_path, tokenizer):
+    from diffalign.cli import main
+
+    rows = [{"caption": f"c{i}", "jpg_0": _image(10 * i), "jpg_1": _image(200), "label_0": lab}
+            for i, lab in enumerate([1.0, 0.0, 0.5])]
+    src = _write(tmp_path, rows, "pairs.parquet")
+    assert main(["data", "feedback", "--source", src, "--out", str(tmp_path / "fb")]) == 0
+    ds = FeedbackImages(DataConfig(source=str(tmp_path / "fb"), resolution=32), tokenizer)
+    assert len(ds) == 4 and sorted(ds.labels.tolist()) == [0, 0, 1, 1]  # 2 decided pairs x 2 sides, tie left out
+    by_caption = {}
+    for i in range(4):
+        row = ds.table[int(ds.rows[i])]
+        by_caption.setdefault(row["caption"], {})[row["label"]] = float(ds[i]["pixels"].mean())
+    white = 200 / 127.5 - 1
+    assert by_caption["c0"][0] == pytest.approx(white, abs=1e-5) and by_caption["c0"][1] != pytest.approx(white)
+    assert by_caption["c1"][1] == pytest.approx(white, abs=1e-5)  # label_0 = 0: the second image was preferred
+    assert main(["data", "feedback", "--source", src, "--out", str(tmp_path / "fb")]) == 2  # not empty: refused
