@@ -6,7 +6,9 @@ over the same four axes, and an optional LLM perturber (any local transformers t
 Axes (each replaces one phrase with another of the same class, so the result stays grammatical):
 - ``content``: what is there — object nouns (circle → triangle, dog → cat) and counts (two → three);
 - ``attribute``: how it looks — colours of objects, sizes, materials, styles;
-- ``spatial``: where — position phrases (at the top left → at the bottom right) and relations (left of → right of);
+- ``spatial``: where — position phrases move to the opposite side (at the top left → at the bottom right; a
+  neighbouring position such as "on the left" would still hold for that image) and relations flip
+  (left of → right of);
 - ``context``: the surroundings — backgrounds (on a beige background → on a sky background), weather, time of
   day, places. A caption with no context gets one appended, so ``context`` always applies.
 Both the toy grammar and free text are covered; toy words are replaced only by toy words, so perturbed toy
@@ -58,6 +60,19 @@ _CLASSES: dict[str, list[tuple[str, ...]]] = {
         ("on a beach", "in a forest", "in a city", "in a desert", "in a kitchen", "in a field", "on a street"),
     ],
 }
+# Spatial edits must contradict the image, and neighbouring positions do not ("on the left" still holds for a
+# shape at the top left), so a position moves to the opposite side; the centre moves to a corner.
+_MIRROR = {"left": "right", "right": "left", "top": "bottom", "bottom": "top", "center": None,
+           "top left": "bottom right", "bottom right": "top left", "top right": "bottom left",
+           "bottom left": "top right"}
+_CORNERS = ("top left", "top right", "bottom left", "bottom right")
+_OPPOSITES: dict[str, tuple[str, ...]] = {}
+for _where in (_SHORT_WHERE, _LONG_WHERE):
+    for _key, _phrase in _where.items():
+        _OPPOSITES[_phrase] = (_where[_MIRROR[_key]],) if _MIRROR[_key] else tuple(_where[c] for c in _CORNERS)
+_OPPOSITES |= {"left of": ("right of",), "right of": ("left of",), "above": ("below",), "below": ("above",),
+               "behind": ("in front of",), "in front of": ("behind",), "on top of": ("below",)}
+
 _APPENDED_CONTEXT = ("at night", "in the rain", "at sunset", "in the snow", "under a cloudy sky")
 
 
@@ -139,7 +154,7 @@ class RulePerturber:
                 raise ValueError(f"caption {caption!r} has nothing to change along {axis!r}")
             return _append_context(caption, rng), axis
         hit = hits[int(rng.integers(len(hits)))]
-        others = [m for m in hit.members if m != hit.phrase]
+        others = list(_OPPOSITES.get(hit.phrase) or [m for m in hit.members if m != hit.phrase])
         new = others[int(rng.integers(len(others)))]
         out = _fix_articles(caption[:hit.start] + new + caption[hit.end:])
         return out, axis
