@@ -92,3 +92,6 @@ def test_inpo_is_dpo_on_its_errors_with_inversion_noising():
     assert inpo.loss(errors)[0].item() == pytest.approx(get_objective("dpo", beta=10.0).loss(errors)[0].item())
     with pytest.raises(ValueError, match="inversion_steps must be >= 1"):
         get_objective("inpo", inversion_steps=0)
+    assert inpo.inversion_model == "policy" and get_objective("inpo", inversion_model="reference")
+    with pytest.raises(ValueError, match="inversion_model must be"):
+        get_objective("inpo", inversion_model="ema")

@@ -139,3 +139,8 @@ def test_bf16_mixed_precision_runs_on_cpu(tmp_path):
     summary = train(_cfg(tmp_path, extra=[("train.mixed_precision", "bf16"), ("train.validation_every", "2")]))
     assert abs(summary["first_metrics"]["loss"] - math.log(2)) < 1e-6  # errors reduced in float32
     assert (tmp_path / "validation" / "step_000002.png").is_file()
+
+
+def test_inpo_can_invert_with_the_reference(tmp_path):
+    summary = train(_cfg(tmp_path, "inpo", [("objective.inversion_model", "reference")]))
+    assert summary["steps"] == 2 and abs(summary["first_metrics"]["loss"] - math.log(2)) < 1e-6

@@ -15,6 +15,8 @@ The policy runs once over all rows; the reference (when the objective needs one)
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
 from ..objectives.base import Objective
@@ -44,10 +46,13 @@ class TrainStep:
         x0, noise, t = images[rows], eps.to(device)[groups.to(device)], t.to(device)[groups.to(device)]  # [R, ...]
         text = self.text_encoder(batch["input_ids"].to(device))[0][batch["row_text"].to(device)]  # [R, 77, D]
         if self.objective.noising == "ddim_inversion":
-            # InPO: x_t comes from inverting x0 with the policy itself; the target noise is reparameterised.
-            x_t, noise = ddim_inversion_latents(self.accelerator.unwrap_model(unet), self.noise_scheduler, x0,
-                                                t, text, [generators[g] for g in groups.tolist()],
-                                                **self.objective.inversion_options)
+            # InPO: x_t comes from inverting x0 (with the policy itself by default); the target is reparameterised.
+            policy = self.accelerator.unwrap_model(unet)
+            by_reference = self.objective.inversion_model == "reference"
+            with (reference_unet(policy, self.frozen_reference) if by_reference else nullcontext(policy)) as inverter:
+                x_t, noise = ddim_inversion_latents(inverter, self.noise_scheduler, x0, t, text,
+                                                    [generators[g] for g in groups.tolist()],
+                                                    **self.objective.inversion_options)
         else:
             x_t = self.noise_scheduler.add_noise(x0, noise, t)
         return x_t, t, text, target_for(self.noise_scheduler, x0, noise, t)

@@ -35,6 +35,7 @@ class Objective:
     pair_axis: str = "images"
     noising: str = "forward"  # "forward": x_t = add_noise(x0, eps, t); "ddim_inversion": InPO's inverted x_t
     inversion_options: dict = {}
+    inversion_model: str = "policy"  # which UNet inverts (InPO): "policy" or "reference"
 
     def loss(self, errors: PairErrors, batch: dict | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError

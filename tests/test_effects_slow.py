@@ -1,0 +1,33 @@
+"""The toy effects in the README's measured table, as tests (slow: 3-7 min each on 2 cores; `pytest -m slow`).
+
+Each trains the embedded default of a method and checks its end-of-run comparison (diffalign eval on held-out
+prompts, ≥ 200 prompt×seed cases): the 95% CI lower bound of the win rate over the base must exceed 50%.
+"""
+
+import pytest
+
+from diffalign.config import load_config
+from diffalign.paths import REPO_ROOT
+from diffalign.train import train
+
+NO_EFFECT_YET = pytest.mark.xfail(reason="no toy fidelity effect yet: see the README's TPO table", strict=False)
+
+
+def _run(tmp_path, method):
+    cfg = load_config(REPO_ROOT / f"configs/toy/{method}.yaml",
+                      [("output_dir", str(tmp_path / method)), ("train.report_to", "none")])
+    return train(cfg)["comparison"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["dpo", "mapo", "kto", "inpo"])
+def test_preference_methods_beat_the_base_on_their_persona(tmp_path, method):
+    result = _run(tmp_path, method)
+    assert result["cases"] >= 200 and result["win_rate_ci"][0] > 0.5, result["text"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [pytest.param("tdpo", marks=NO_EFFECT_YET), pytest.param("tkto", marks=NO_EFFECT_YET)])
+def test_tpo_raises_caption_fidelity(tmp_path, method):
+    result = _run(tmp_path, method)
+    assert result["cases"] >= 200 and result["fidelity_win_rate_ci"][0] > 0.5, result["text"]
