@@ -113,3 +113,27 @@ def test_scorer_options_are_parsed_and_checked():
         parse_scorer_options(["pickscore=/x"])
     with pytest.raises(ValueError, match="not in use"):
         build_scorers(["toy"], {"hps": {"version": "v2"}}, "cpu")
+
+
+def test_full_finetune_folders_are_compared_too(tmp_path):
+    """An output folder with unet/ (a full fine-tune) replaces the base UNet; its fingerprint covers unet/ only."""
+    from diffalign.evaluation.models import ModelSpec
+
+    pipe = StableDiffusionPipeline.from_pretrained(TOY_SD)
+    with torch.no_grad():
+        for p in pipe.unet.parameters():
+            p.mul_(1.05)
+    pipe.unet.save_pretrained(tmp_path / "ft" / "unet")
+    spec = ModelSpec("ft", str(TOY_SD), str(tmp_path / "ft"))
+    before = spec.fingerprint()
+    (tmp_path / "ft" / "checkpoints").mkdir()
+    (tmp_path / "ft" / "checkpoints" / "x.safetensors").write_bytes(b"not part of the model")
+    assert spec.fingerprint() == before  # checkpoints beside the model do not invalidate the cache
+    report = diffalign.evaluate(str(TOY_SD), adapters=[f"ft={tmp_path / 'ft'}"], prompts=["a red circle"],
+                                seeds_per_prompt=2, settings=FAST, output_dir=tmp_path / "eval", progress=False)
+    assert report.models == ["base", "ft"] and report.cached == {"base": 0, "ft": 0}
+    base_png = sorted((tmp_path / "eval" / "images").glob("base-*/*.png"))
+    ft_png = sorted((tmp_path / "eval" / "images").glob("ft-*/*.png"))
+    assert len(base_png) == len(ft_png) == 2
+    assert any(a.read_bytes() != b.read_bytes() for a, b in zip(sorted(base_png, key=lambda p: p.name),
+                                                                 sorted(ft_png, key=lambda p: p.name)))
