@@ -60,6 +60,7 @@ class TrainConfig:
     adam_eps: float = 1e-8
     use_8bit_adam: bool = False  # bitsandbytes AdamW8bit (must be installed)
     max_grad_norm: float = 1.0  # clip the global gradient norm to this (0 = no clipping)
+    max_nonfinite_updates: int = 5  # a non-finite loss/gradient skips its update; this many in a row stops the run
     mixed_precision: str = "no"  # "no", "fp16" or "bf16" (errors are reduced in float32 regardless)
     gradient_checkpointing: bool = False
     seed: int = 0
@@ -205,7 +206,7 @@ def validate(cfg: Config) -> None:
     except (TypeError, ValueError) as err:
         raise ConfigError(f"objective ({cfg.method}): {err}") from err
     t, d = cfg.train, cfg.data
-    for name in ("batch_size", "grad_accum", "max_steps"):
+    for name in ("batch_size", "grad_accum", "max_steps", "max_nonfinite_updates"):
         if getattr(t, name) < 1:
             raise ConfigError(f"train.{name} must be >= 1; got {getattr(t, name)}")
     if t.mixed_precision not in ("no", "fp16", "bf16"):

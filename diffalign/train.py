@@ -21,6 +21,7 @@ if __package__ in (None, ""):  # run as a script (accelerate launch diffalign/tr
 
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
@@ -36,6 +37,9 @@ from diffalign.objectives import get_objective
 from diffalign.paths import REPO_ROOT, refuse_overwrite
 
 TOY_CONFIGS = REPO_ROOT / "configs" / "toy"
+
+
+logger = get_logger(__name__)
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
@@ -99,6 +103,10 @@ def make_optimizer(cfg: Config, params: list) -> torch.optim.Optimizer:
                          eps=t.adam_eps)
 
 
+class NonFiniteTraining(RuntimeError):
+    """Too many non-finite updates in a row (see train.max_nonfinite_updates)."""
+
+
 def train(cfg: Config, resume: str | None = None) -> dict:
     """Run one training job; returns a summary (also written to ``output_dir/summary.json``)."""
     out = Path(cfg.output_dir)
@@ -156,6 +164,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     bar = tqdm(total=cfg.train.max_steps, initial=global_step, desc=f"train {cfg.method}",
                disable=not accelerator.is_local_main_process)
     start, history = time.time(), []
+    nonfinite_run = nonfinite_total = 0
     epoch = first_epoch
     while global_step < cfg.train.max_steps:
         dataset.epoch = epoch
@@ -169,15 +178,32 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             with accelerator.accumulate(unet):
                 loss, metrics = step_fn(unet, batch)
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.train.max_grad_norm > 0:
-                    norm = accelerator.clip_grad_norm_(unet.parameters(), cfg.train.max_grad_norm)
+                finite = True
+                if accelerator.sync_gradients:
+                    # The norm is the same on every rank (gradients are reduced), so all ranks skip together.
+                    limit = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
+                    norm = accelerator.clip_grad_norm_(unet.parameters(), limit)
                     if norm is not None:  # DeepSpeed clips internally and returns None
                         metrics["grad_norm"] = float(norm)
-                optimizer.step()
+                        finite = bool(torch.isfinite(norm)) and bool(torch.isfinite(loss.detach()))
+                if finite:
+                    optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             if not accelerator.sync_gradients:
                 continue
+            nonfinite_run = 0 if finite else nonfinite_run + 1
+            nonfinite_total += 0 if finite else 1
+            metrics["nonfinite_skipped"] = nonfinite_total
+            if nonfinite_run:
+                logger.warning("step %d: non-finite loss or gradient; update skipped (%d in a row, %d in all)",
+                               global_step + 1, nonfinite_run, nonfinite_total)
+            if nonfinite_run >= cfg.train.max_nonfinite_updates:
+                _checkpoint(accelerator, global_step)  # the last finite weights, resumable
+                raise NonFiniteTraining(
+                    f"{nonfinite_run} optimizer steps in a row had a non-finite loss or gradient (last at step "
+                    f"{global_step + 1}); stopped. The weights before them are saved in "
+                    f"{out / 'checkpoints'}. Lower train.lr, check the data, or raise train.max_nonfinite_updates.")
             global_step += 1
             bar.update(1)
             metrics.update(loss=loss.item(), lr=lr_scheduler.get_last_lr()[0], epoch=epoch)
@@ -199,7 +225,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
 
     summary = {"method": cfg.method, "steps": global_step, "train_seconds": round(train_seconds, 1),
                "examples_seen": global_step * cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes,
-               "ties_dropped": getattr(dataset, "skipped_ties", 0), "examples_available": len(dataset),
+               "nonfinite_skipped": nonfinite_total, "ties_dropped": getattr(dataset, "skipped_ties", 0), "examples_available": len(dataset),
                "first_metrics": history[0] if history else {}, "final_metrics": _mean_tail(history)}
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(unet)
@@ -285,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         args, overrides = parse_args(argv)
         cfg = build_config(args, overrides)
         summary = train(cfg, resume=args.resume)
-    except (ConfigError, FileExistsError, FileNotFoundError) as err:
+    except (ConfigError, FileExistsError, FileNotFoundError, NonFiniteTraining) as err:
         print(f"diffalign train: {err}", file=sys.stderr)
         return 2
     if PartialState().is_main_process:  # one report, not one per rank

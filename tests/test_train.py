@@ -144,3 +144,36 @@ def test_bf16_mixed_precision_runs_on_cpu(tmp_path):
 def test_inpo_can_invert_with_the_reference(tmp_path):
     summary = train(_cfg(tmp_path, "inpo", [("objective.inversion_model", "reference")]))
     assert summary["steps"] == 2 and abs(summary["first_metrics"]["loss"] - math.log(2)) < 1e-6
+
+
+def _nan_loss_at(monkeypatch, calls: set | None):
+    """Make the DPO loss non-finite at the given micro-step calls (None: always). The guard under test is the
+    trainer's; the objective is only the injection point."""
+    from diffalign.objectives.dpo import DiffusionDPO
+
+    original, count = DiffusionDPO.loss, {"n": 0}
+
+    def loss(self, errors, batch=None):
+        value, metrics = original(self, errors, batch)
+        count["n"] += 1
+        return (value * float("nan"), metrics) if calls is None or count["n"] in calls else (value, metrics)
+
+    monkeypatch.setattr(DiffusionDPO, "loss", loss)
+
+
+def test_a_non_finite_update_is_skipped_and_counted(tmp_path, monkeypatch):
+    _nan_loss_at(monkeypatch, {2})
+    summary = train(_cfg(tmp_path, extra=[("train.max_steps", "4")]))
+    assert summary["steps"] == 4 and summary["nonfinite_skipped"] == 1
+    weights = load_file(tmp_path / LORA_FILE)
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_non_finite_updates_in_a_row_stop_the_run_with_a_checkpoint(tmp_path, monkeypatch, capsys):
+    _nan_loss_at(monkeypatch, None)
+    code = main(["--config", str(REPO_ROOT / "configs/toy/dpo.yaml"), "--output_dir", str(tmp_path),
+                 *[x for k, v in FAST for x in (f"--{k}", v)], "--train.max_steps", "10",
+                 "--train.max_nonfinite_updates", "3"])
+    assert code == 2 and "3 optimizer steps in a row had a non-finite loss" in capsys.readouterr().err
+    checkpoints = sorted((tmp_path / "checkpoints").glob("checkpoint_*"))
+    assert checkpoints and (checkpoints[-1] / "progress.json").is_file()
