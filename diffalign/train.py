@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[tuple[s
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", help="objective name; alone, it runs the embedded toy default for it")
     parser.add_argument("--config", help="YAML config file (default: configs/toy/<method>.yaml)")
-    parser.add_argument("--resume", help="'latest' or a checkpoint folder to continue from")
+    parser.add_argument("--resume", help="'latest', 'latest-valid' (skip broken checkpoints) or a checkpoint folder")
     parser.add_argument("--overwrite", action="store_true", help="allow a non-empty output_dir")
     args, rest = parser.parse_known_args(argv)
     overrides = []
@@ -290,20 +290,44 @@ def _checkpoint(accelerator: Accelerator, step: int) -> None:
         (Path(path) / "progress.json").write_text(json.dumps({"global_step": step}))
 
 
-def _resume(accelerator: Accelerator, out: Path, resume: str) -> int:
-    """Load a checkpoint ('latest' = newest complete one); returns the optimizer steps already done."""
-    if resume == "latest":
-        found = _checkpoints(out)
-        if not found:
-            raise FileNotFoundError(f"--resume latest: no complete checkpoint under {out / 'checkpoints'}")
-        path = found[-1]
-    else:
-        path = Path(resume)
+class BrokenCheckpoint(RuntimeError):
+    """A checkpoint marked complete failed to load."""
+
+
+def _load_checkpoint(accelerator: Accelerator, path: Path) -> int:
     progress = path / "progress.json"
     if not progress.is_file():
         raise FileNotFoundError(f"{path} is not a complete diffalign checkpoint (no progress.json)")
-    accelerator.load_state(str(path))
-    return json.loads(progress.read_text())["global_step"]
+    try:
+        accelerator.load_state(str(path))
+        return int(json.loads(progress.read_text())["global_step"])
+    except Exception as err:  # truncated/corrupt weights, optimizer or RNG files: several exception types
+        raise BrokenCheckpoint(f"checkpoint {path} is broken and cannot be loaded ({type(err).__name__}: {err})"
+                               ) from err
+
+
+def _resume(accelerator: Accelerator, out: Path, resume: str) -> int:
+    """Load a checkpoint; returns the optimizer steps already done.
+
+    ``latest``: the newest complete checkpoint, and a clear error if it is broken; ``latest-valid``: the newest one
+    that loads, reporting each broken one skipped (the fallback happens only when asked); else a folder.
+    """
+    if resume not in ("latest", "latest-valid"):
+        return _load_checkpoint(accelerator, Path(resume))
+    found = _checkpoints(out)
+    if not found:
+        raise FileNotFoundError(f"--resume {resume}: no complete checkpoint under {out / 'checkpoints'}")
+    for path in reversed(found):
+        try:
+            return _load_checkpoint(accelerator, path)
+        except BrokenCheckpoint as err:
+            if resume == "latest":
+                raise BrokenCheckpoint(f"{err}. Pass --resume latest-valid to fall back to the newest checkpoint "
+                                       "that loads, or --resume PATH.") from err
+            if accelerator.is_main_process:
+                print(f"diffalign train: {err}; falling back to the previous checkpoint", file=sys.stderr)
+    raise BrokenCheckpoint(f"--resume latest-valid: none of the {len(found)} checkpoints under "
+                           f"{out / 'checkpoints'} loads")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         args, overrides = parse_args(argv)
         cfg = build_config(args, overrides)
         summary = train(cfg, resume=args.resume)
-    except (ConfigError, FileExistsError, FileNotFoundError, NonFiniteTraining) as err:
+    except (ConfigError, FileExistsError, FileNotFoundError, NonFiniteTraining, BrokenCheckpoint) as err:
         print(f"diffalign train: {err}", file=sys.stderr)
         return 2
     if PartialState().is_main_process:  # one report, not one per rank

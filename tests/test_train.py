@@ -2,6 +2,7 @@
 splitting a batch into accumulation steps."""
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -177,3 +178,19 @@ def test_non_finite_updates_in_a_row_stop_the_run_with_a_checkpoint(tmp_path, mo
     assert code == 2 and "3 optimizer steps in a row had a non-finite loss" in capsys.readouterr().err
     checkpoints = sorted((tmp_path / "checkpoints").glob("checkpoint_*"))
     assert checkpoints and (checkpoints[-1] / "progress.json").is_file()
+
+
+def test_a_broken_latest_checkpoint_is_reported_and_skipped_only_when_asked(tmp_path, capsys):
+    args = ["--config", str(REPO_ROOT / "configs/toy/dpo.yaml"), "--output_dir", str(tmp_path),
+            *[x for k, v in FAST for x in (f"--{k}", v)], "--train.checkpoint_every", "1"]
+    assert main(args) == 0
+    newest = sorted((tmp_path / "checkpoints").glob("checkpoint_*"))[-1]
+    weights = newest / "unet_lora_adapter.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a truncated file, as a full disk would leave it
+    more = ["--train.max_steps", "3"]
+    assert main(args + more + ["--resume", "latest"]) == 2
+    assert f"checkpoint {newest} is broken" in capsys.readouterr().err
+    assert main(args + more + ["--resume", "latest-valid"]) == 0
+    err = capsys.readouterr().err
+    assert f"checkpoint {newest} is broken" in err and "falling back" in err
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 3
