@@ -33,6 +33,7 @@ class DataConfig:
     caption_dropout: float = 0.0  # probability of training a pair on the empty caption
     max_pairs: int | None = None  # use only the first N pairs/examples (after dropping ties)
     num_workers: int = 0  # DataLoader worker processes per device
+    on_bad_sample: str = "error"  # "error": stop naming row/column; "skip": leave it out of its batch, count it
     desirable_ratio: float | None = 0.8  # KTO: share of desirable draws (None: plain shuffle of the data)
     perturb_axes: list[str] = field(default_factory=lambda: ["content", "attribute", "spatial", "context"])  # TPO
     perturber_model: str | None = None  # TPO: a local text-generation model to perturb captions (else rules)
@@ -218,6 +219,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.lr_scheduler: unknown {t.lr_scheduler!r}; expected one of {schedulers}")
     if not 0 <= d.caption_dropout < 1:
         raise ConfigError(f"data.caption_dropout must be in [0, 1); got {d.caption_dropout}")
+    if d.on_bad_sample not in ("error", "skip"):
+        raise ConfigError(f"data.on_bad_sample: expected 'error' or 'skip'; got {d.on_bad_sample!r}")
     if d.desirable_ratio is not None and not 0 < d.desirable_ratio < 1:
         raise ConfigError(f"data.desirable_ratio must be in (0, 1) or null; got {d.desirable_ratio}")
     from .data.perturb import AXES

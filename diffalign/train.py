@@ -164,7 +164,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     bar = tqdm(total=cfg.train.max_steps, initial=global_step, desc=f"train {cfg.method}",
                disable=not accelerator.is_local_main_process)
     start, history = time.time(), []
-    nonfinite_run = nonfinite_total = 0
+    nonfinite_run = nonfinite_total = skipped_samples = 0
     epoch = first_epoch
     while global_step < cfg.train.max_steps:
         dataset.epoch = epoch
@@ -175,6 +175,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         batches.set_epoch(epoch)
         sampler.set_epoch(epoch)
         for batch in batches:
+            skipped_samples += batch.get("skipped", 0)
             with accelerator.accumulate(unet):
                 loss, metrics = step_fn(unet, batch)
                 accelerator.backward(loss)
@@ -225,7 +226,9 @@ def train(cfg: Config, resume: str | None = None) -> dict:
 
     summary = {"method": cfg.method, "steps": global_step, "train_seconds": round(train_seconds, 1),
                "examples_seen": global_step * cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes,
-               "nonfinite_skipped": nonfinite_total, "ties_dropped": getattr(dataset, "skipped_ties", 0), "examples_available": len(dataset),
+               "nonfinite_skipped": nonfinite_total,
+               "bad_samples_skipped": int(accelerator.reduce(torch.tensor(skipped_samples, device=accelerator.device),
+                                                             reduction="sum")), "ties_dropped": getattr(dataset, "skipped_ties", 0), "examples_available": len(dataset),
                "first_metrics": history[0] if history else {}, "final_metrics": _mean_tail(history)}
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(unet)
@@ -342,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         comparison = summary.get("comparison")
         if comparison:
             print(comparison["text"])
+        if summary.get("bad_samples_skipped"):
+            print(f"{summary['bad_samples_skipped']} bad samples skipped (data.on_bad_sample=skip)")
         print(f"saved to {cfg.output_dir}")
     return 0
 

@@ -7,7 +7,7 @@ import pytest
 from diffalign.config import ConfigError, load_config
 from diffalign.paths import REPO_ROOT
 
-SHIPPED = sorted((REPO_ROOT / "configs").glob("*/*.yaml"))
+SHIPPED = sorted(p for p in (REPO_ROOT / "configs").glob("*/*.yaml") if p.parent.name != "accelerate")
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO_ROOT)))
@@ -33,6 +33,14 @@ def test_new_data_options_are_validated():
         load_config(REPO_ROOT / "configs/toy/tdpo.yaml", [("data.perturb_axes", "[colour]")])
     with pytest.raises(ConfigError, match="unknown KTO utility"):
         load_config(REPO_ROOT / "configs/toy/kto.yaml", [("objective.utility", "convex")])
+
+
+def test_accelerate_examples_are_accelerate_configs():
+    import yaml
+
+    for path in (REPO_ROOT / "configs/accelerate").glob("*.yaml"):
+        cfg = yaml.safe_load(path.read_text())
+        assert cfg["distributed_type"] in ("MULTI_GPU", "DEEPSPEED", "FSDP") and cfg["num_processes"] >= 1, path
 
 
 def test_dotted_overrides_are_typed():

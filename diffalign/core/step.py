@@ -58,6 +58,9 @@ class TrainStep:
         return x_t, t, text, target_for(self.noise_scheduler, x0, noise, t)
 
     def __call__(self, unet, batch: dict) -> tuple[torch.Tensor, dict]:
+        if batch.get("rows") == 0:  # every example of this micro-batch was a skipped bad sample
+            trainable = [p for p in unet.parameters() if p.requires_grad]
+            return 0.0 * sum(p.sum() for p in trainable), {}  # zero gradient, same parameters touched
         batch = self.objective.prepare_batch(batch)
         x_t, t, text, target = self._inputs(unet, batch)  # float32; the prepared UNet autocasts
         detached = batch.get("row_detached")

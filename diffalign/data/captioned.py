@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
-from .examples import TableExamples, decode_image, paired_transform
+from .examples import BadSample, TableExamples, paired_transform, without_skipped
 from .perturb import RulePerturber
 
 CAPTIONED_COLUMNS = ["caption", "image"]
@@ -28,17 +28,17 @@ class CaptionedImages(TableExamples):
         if self.given_negatives:
             negative = record["negative_caption"]
             if not isinstance(negative, str) or not negative.strip() or negative.strip() == caption.strip():
-                raise ValueError(f"{where}: negative_caption {negative!r} must be a non-empty caption that differs "
+                raise BadSample(f"{where}: negative_caption {negative!r} must be a non-empty caption that differs "
                                  f"from the caption {caption!r}")
             return negative
         return self.perturber.perturb(caption, rng)[0]
 
-    def __getitem__(self, i: int) -> dict:
+    def load(self, i: int) -> dict:
         row, record, where, seed, rng = self.example(i)
         caption = record["caption"]
         if not isinstance(caption, str) or not caption.strip():
-            raise ValueError(f"{where}: TPO needs a non-empty caption to perturb; got {caption!r}")
-        image = decode_image(record["image"], f"{where} column image")
+            raise BadSample(f"{where} column caption: TPO needs a non-empty caption to perturb; got {caption!r}")
+        image = self.image(record, "image", where)
         pixels = paired_transform([image], self.cfg.resolution, self.cfg.random_crop, self.cfg.random_flip, rng)
         negative = self.negative(caption, record, rng, where)
         return {"pixels": pixels[0], "input_ids": self.tokenize(caption), "negative_ids": self.tokenize(negative),
@@ -47,9 +47,12 @@ class CaptionedImages(TableExamples):
 
 def collate_caption_pairs(examples: list[dict]) -> dict:
     """-> rows layout (core.step): rows (x_i | c_w_i)_i then (x_i | c_l_i)_i, image i in noise group i."""
+    examples, skipped = without_skipped(examples)
+    if not examples:
+        return {"rows": 0, "skipped": skipped}
     b = len(examples)
     image = torch.arange(b).repeat(2)  # [2B]
-    return {"pixels": torch.stack([e["pixels"] for e in examples]), "image_group": torch.arange(b),
+    return {"skipped": skipped, "pixels": torch.stack([e["pixels"] for e in examples]), "image_group": torch.arange(b),
             "input_ids": torch.stack([e["input_ids"] for e in examples] + [e["negative_ids"] for e in examples]),
             "seeds": torch.tensor([e["seed"] for e in examples], dtype=torch.int64),
             "row_image": image, "row_text": torch.arange(2 * b), "row_group": image,

@@ -14,16 +14,25 @@ from ..core.noise import example_seed
 from .tables import open_table, require_columns
 
 
-def decode_image(data, where: str) -> Image.Image:
+class BadSample(ValueError):
+    """One example that cannot be used (undecodable or too small image, missing caption). With
+    ``data.on_bad_sample=skip`` it is left out of its batch and counted; otherwise it stops the run."""
+
+
+def decode_image(data, where: str, resolution: int | None = None) -> Image.Image:
     """PNG/JPEG bytes (or a datasets Image dict / PIL image) -> RGB PIL image; names the row when undecodable."""
     try:
         if isinstance(data, Image.Image):
             return data.convert("RGB")
         if isinstance(data, dict):
             data = data.get("bytes")
-        return Image.open(io.BytesIO(data)).convert("RGB")
+        image = Image.open(io.BytesIO(data)).convert("RGB")
     except Exception as err:  # PIL raises several types for corrupt data
-        raise ValueError(f"{where}: image could not be decoded ({type(err).__name__}: {err})") from err
+        raise BadSample(f"{where}: image could not be decoded ({type(err).__name__}: {err})") from err
+    if resolution is not None and min(image.size) < resolution:
+        raise BadSample(f"{where}: image is {image.width}x{image.height}, smaller than data.resolution={resolution} "
+                        "(it would be upscaled); lower the resolution or skip it with data.on_bad_sample=skip")
+    return image
 
 
 def paired_transform(images: list[Image.Image], resolution: int, random_crop: bool, random_flip: bool,
@@ -65,6 +74,20 @@ class TableExamples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def __getitem__(self, i: int) -> dict:
+        try:
+            return self.load(i)
+        except BadSample as err:
+            if self.cfg.on_bad_sample == "skip":
+                return {"skipped": str(err)}  # the collate leaves it out and counts it
+            raise
+
+    def load(self, i: int) -> dict:
+        raise NotImplementedError
+
+    def image(self, record: dict, column: str, where: str) -> Image.Image:
+        return decode_image(record[column], f"{where} column {column}", self.cfg.resolution)
+
     def example(self, i: int):
         """(row, record, where, seed, rng) of the i-th example in use.
 
@@ -75,11 +98,20 @@ class TableExamples(torch.utils.data.Dataset):
         seed = example_seed(self.seed, self.epoch, row)
         return row, self.table[row], f"{self.cfg.source} row {row}", seed, np.random.default_rng(seed)
 
-    def caption_or_empty(self, record: dict, rng: np.random.Generator) -> str:
-        caption = record["caption"] or ""
+    def caption_or_empty(self, record: dict, rng: np.random.Generator, where: str = "") -> str:
+        caption = record["caption"]
+        if not isinstance(caption, str) or not caption.strip():
+            raise BadSample(f"{where} column caption: {caption!r} is not a caption (empty captions are made by "
+                            "data.caption_dropout, not stored)")
         return "" if rng.random() < self.cfg.caption_dropout else caption
 
     def tokenize(self, caption: str) -> torch.Tensor:
         """[77] token ids, padded/truncated to the tokenizer's window."""
         return self.tokenizer(caption, padding="max_length", max_length=self.tokenizer.model_max_length,
                               truncation=True, return_tensors="pt").input_ids[0]
+
+
+def without_skipped(examples: list[dict]) -> tuple[list[dict], int]:
+    """The usable examples of a batch and how many were skipped as bad samples."""
+    kept = [e for e in examples if "skipped" not in e]
+    return kept, len(examples) - len(kept)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
-from .examples import TableExamples, decode_image, paired_transform
+from .examples import TableExamples, paired_transform, without_skipped
 
 FEEDBACK_COLUMNS = ["caption", "image", "label"]
 
@@ -28,18 +28,21 @@ class FeedbackImages(TableExamples):
             raise ValueError(f"{cfg.source}: KTO needs both desirable and undesirable images; "
                              f"got {int(self.labels.sum())} desirable of {len(self.labels)}")
 
-    def __getitem__(self, i: int) -> dict:
+    def load(self, i: int) -> dict:
         row, record, where, seed, rng = self.example(i)
-        image = decode_image(record["image"], f"{where} column image")
+        image = self.image(record, "image", where)
         pixels = paired_transform([image], self.cfg.resolution, self.cfg.random_crop, self.cfg.random_flip, rng)
-        return {"pixels": pixels[0], "input_ids": self.tokenize(self.caption_or_empty(record, rng)), "seed": seed,
+        return {"pixels": pixels[0], "input_ids": self.tokenize(self.caption_or_empty(record, rng, where)), "seed": seed,
                 "label": 1.0 if self.labels[i] == 1 else -1.0}
 
 
 def collate_singles(examples: list[dict]) -> dict:
     """-> rows layout (core.step): one row per image, its own caption and noise group; labels [B] in {+1, -1}."""
+    examples, skipped = without_skipped(examples)
+    if not examples:
+        return {"rows": 0, "skipped": skipped}
     b = torch.arange(len(examples))
-    return {"pixels": torch.stack([e["pixels"] for e in examples]), "image_group": b,
+    return {"skipped": skipped, "pixels": torch.stack([e["pixels"] for e in examples]), "image_group": b,
             "input_ids": torch.stack([e["input_ids"] for e in examples]),
             "seeds": torch.tensor([e["seed"] for e in examples], dtype=torch.int64),
             "row_image": b, "row_text": b, "row_group": b,

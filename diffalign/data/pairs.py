@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
-from .examples import TableExamples, decode_image, paired_transform
+from .examples import TableExamples, paired_transform, without_skipped
 
 PAIR_COLUMNS = ["caption", "jpg_0", "jpg_1", "label_0"]
 
@@ -31,13 +31,12 @@ class PreferencePairs(TableExamples):
         self.labels = labels
         super().__init__(cfg, tokenizer, seed, table, keep)
 
-    def __getitem__(self, i: int) -> dict:
+    def load(self, i: int) -> dict:
         row, record, where, seed, rng = self.example(i)
         first, second = ("jpg_0", "jpg_1") if self.labels[row] >= 0.5 else ("jpg_1", "jpg_0")
-        images = [decode_image(record[first], f"{where} column {first}"),
-                  decode_image(record[second], f"{where} column {second}")]
+        images = [self.image(record, first, where), self.image(record, second, where)]
         pixels = paired_transform(images, self.cfg.resolution, self.cfg.random_crop, self.cfg.random_flip, rng)
-        ids = self.tokenize(self.caption_or_empty(record, rng))
+        ids = self.tokenize(self.caption_or_empty(record, rng, where))
         # pixels [2, 3, res, res] (w, l); input_ids [77]; seed: the example's noise seed
         return {"pixels": pixels, "input_ids": ids, "seed": seed}
 
@@ -45,10 +44,13 @@ class PreferencePairs(TableExamples):
 def collate_pairs(examples: list[dict]) -> dict:
     """-> the rows layout of core.step: pixels [2B, 3, H, W] ordered (w_1..w_B, l_1..l_B), input_ids [B, 77],
     seeds [B]; rows i and B + i are pair i's two images under its caption, in noise group i."""
+    examples, skipped = without_skipped(examples)
+    if not examples:
+        return {"rows": 0, "skipped": skipped}
     pixels = torch.stack([e["pixels"] for e in examples])  # [B, 2, 3, H, W]
     b = len(examples)
     pair = torch.arange(b).repeat(2)  # [2B]: 0..B-1, 0..B-1
     return {"pixels": torch.cat([pixels[:, 0], pixels[:, 1]]), "image_group": pair,
             "input_ids": torch.stack([e["input_ids"] for e in examples]),
             "seeds": torch.tensor([e["seed"] for e in examples], dtype=torch.int64),
-            "row_image": torch.arange(2 * b), "row_text": pair, "row_group": pair}
+            "row_image": torch.arange(2 * b), "row_text": pair, "row_group": pair, "skipped": skipped}
