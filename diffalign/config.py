@@ -186,8 +186,21 @@ def load_config(path: str | Path | None = None, overrides: list[tuple[str, str]]
     for dotted, raw in overrides:
         _set_dotted(tree, dotted, raw)
     cfg = _build(Config, tree, "")
+    _resolve_embedded_paths(cfg)
     validate(cfg)
     return cfg
+
+
+def _resolve_embedded_paths(cfg: Config) -> None:
+    """The toy configs name the embedded assets relative to the repository ("assets/toy-sd"). Run from another
+    folder, such a path would be taken for a hub id (and time out offline): resolve it against the repository
+    when it does not exist here but does there. Paths that exist where the user runs win."""
+    from .paths import REPO_ROOT
+
+    for section, key in ((cfg.model, "pretrained"), (cfg.data, "source")):
+        value = getattr(section, key)
+        if value and not Path(value).is_absolute() and not Path(value).exists() and (REPO_ROOT / value).exists():
+            setattr(section, key, str(REPO_ROOT / value))
 
 
 def validate(cfg: Config) -> None:

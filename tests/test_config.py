@@ -64,3 +64,11 @@ def test_impossible_objective_options_are_rejected():
         load_config(overrides=[("method", "mapo"), ("objective.beta", "5000")])
     with pytest.raises(ConfigError, match="unknown 'nope'"):
         load_config(overrides=[("method", "nope")])
+
+
+def test_embedded_asset_paths_resolve_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where assets/toy-sd does not exist
+    cfg = load_config(REPO_ROOT / "configs/toy/dpo.yaml")
+    assert Path(cfg.model.pretrained) == REPO_ROOT / "assets/toy-sd" and Path(cfg.data.source).is_file()
+    (tmp_path / "assets" / "toy-sd").mkdir(parents=True)  # a folder of that name here wins
+    assert load_config(REPO_ROOT / "configs/toy/dpo.yaml").model.pretrained == "assets/toy-sd"
