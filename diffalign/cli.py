@@ -76,11 +76,11 @@ def _toy_demo(args) -> None:
 
 def _eval(args) -> None:
     from .evaluation import SamplingSettings, evaluate
-    from .evaluation.api import default_device
+    from .evaluation.api import default_device, default_dtype
     from .evaluation.scoring import parse_scorer_options
 
     device = args.device or default_device()
-    dtype = args.dtype or ("float16" if device.startswith("cuda") else "float32")
+    dtype = args.dtype or default_dtype(device)
     report = evaluate(
         args.model, adapters=args.lora, prompts=args.prompts, scorers=args.scorers.split(","),
         output_dir=args.out, seeds_per_prompt=args.seeds_per_prompt, first_seed=args.first_seed,

@@ -102,3 +102,17 @@ def test_pairs_convert_to_feedback_without_ties(tmp_path, tokenizer):
     assert by_caption["c0"][0] == pytest.approx(white, abs=1e-5) and by_caption["c0"][1] != pytest.approx(white)
     assert by_caption["c1"][1] == pytest.approx(white, abs=1e-5)  # label_0 = 0: the second image was preferred
     assert main(["data", "feedback", "--source", src, "--out", str(tmp_path / "fb")]) == 2  # not empty: refused
+
+
+def test_the_shipped_toy_feedback_is_the_shared_conversion_of_the_shipped_pairs():
+    from datasets import load_dataset
+
+    from diffalign.paths import TOY_DATA
+    from diffalign.toy.preferences import feedback_rows
+
+    pairs = load_dataset("parquet", data_files=str(TOY_DATA / "pairs_bold.parquet"), split="train")
+    shipped = load_dataset("parquet", data_files=str(TOY_DATA / "feedback_bold.parquet"), split="train")
+    rows, ties = feedback_rows([pairs[i] for i in range(1200)])  # the builder's first 1200 pairs
+    assert len(rows) == len(shipped) == 2 * (1200 - ties)
+    for mine, theirs in zip(rows[::97], shipped.select(range(0, len(shipped), 97))):
+        assert (mine["caption"], mine["image"], mine["label"]) == (theirs["caption"], theirs["image"], theirs["label"])

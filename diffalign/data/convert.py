@@ -1,6 +1,7 @@
 """Converting Pick-a-Pic-style pairs into KTO's binary feedback: for each non-tied pair, the preferred image is
-desirable (label 1) and the other undesirable (label 0). Ties carry no thumbs up or down and are left out
-(counted). Written as parquet shards (``train-00000-of-N.parquet``) that ``data.source`` reads as a folder."""
+desirable (label 1) and the other undesirable (label 0), in that order. Ties carry no thumbs up or down and are
+left out (counted). ``pair_to_feedback`` is the one rule; the toy data builder and ``pairs_to_feedback`` (parquet
+shards, ``train-00000-of-N.parquet``, that ``data.source`` reads as a folder) both use it."""
 
 from __future__ import annotations
 
@@ -10,10 +11,29 @@ import numpy as np
 
 from .tables import open_table, require_columns
 
+FEEDBACK_KEEP = ("caption", "user_id")  # columns carried over from the pair, when present
+
+
+def pair_to_feedback(record: dict) -> list[dict]:
+    """One Pick-a-Pic row -> [desirable, undesirable] feedback rows, or [] for a tie."""
+    if record["label_0"] == 0.5:
+        return []
+    chosen, rejected = ("jpg_0", "jpg_1") if record["label_0"] == 1 else ("jpg_1", "jpg_0")
+    kept = {k: record[k] for k in FEEDBACK_KEEP if k in record}
+    return [{**kept, "image": record[chosen], "label": 1}, {**kept, "image": record[rejected], "label": 0}]
+
+
+def _explode(batch: dict) -> dict:
+    """datasets batched map: each pair row becomes its feedback rows."""
+    out: dict[str, list] = {}
+    for i in range(len(batch["label_0"])):
+        for row in pair_to_feedback({k: v[i] for k, v in batch.items()}):
+            for k, v in row.items():
+                out.setdefault(k, []).append(v)
+    return out
+
 
 def pairs_to_feedback(source: str, split: str, out: str | Path, rows_per_shard: int = 20_000) -> dict:
-    from datasets import concatenate_datasets
-
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; choose another output folder")
@@ -23,17 +43,11 @@ def pairs_to_feedback(source: str, split: str, out: str | Path, rows_per_shard: 
     bad = np.flatnonzero(~np.isin(labels, (0.0, 0.5, 1.0)))
     if len(bad):
         raise ValueError(f"{source}: row {bad[0]} has label_0={labels[bad[0]]}; expected 0, 0.5 or 1")
-    decided = table.select(np.flatnonzero(labels != 0.5))
-
-    def side(record, preferred: bool) -> dict:
-        first_wins = record["label_0"] == 1.0
-        image = record["jpg_0"] if first_wins == preferred else record["jpg_1"]
-        return {"caption": record["caption"], "image": image, "label": int(preferred)}
-
-    keep = ["caption", "image", "label"]
-    parts = [decided.map(lambda r, p=p: side(r, p), remove_columns=[c for c in decided.column_names if c not in keep])
-             for p in (True, False)]
-    feedback = concatenate_datasets(parts).select_columns(keep)
+    if (labels == 0.5).all():
+        raise ValueError(f"{source}: every pair is a tie; there is no feedback to write")
+    needed = ["caption", "jpg_0", "jpg_1", "label_0"] + [k for k in FEEDBACK_KEEP if k in table.column_names]
+    feedback = table.select_columns(list(dict.fromkeys(needed))).map(
+        _explode, batched=True, remove_columns=list(dict.fromkeys(needed)))
     out.mkdir(parents=True, exist_ok=True)
     shards = max(1, -(-len(feedback) // rows_per_shard))
     for i in range(shards):

@@ -23,6 +23,11 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def default_dtype(device: str) -> str:
+    """Sampling dtype: float16 on GPUs (the usual diffusers setting), float32 on CPU."""
+    return "float16" if device.startswith("cuda") else "float32"
+
+
 OWN_FILES = {"report.json", "report.md", "grid.png", "distributions.png", "images"}
 
 
@@ -49,7 +54,7 @@ def evaluate(model: str, adapters: list[str | ModelSpec] = (), prompts: str | li
     ``output_dir/images`` and reused when rerun with the same weights and settings (``cache=False`` to resample).
     """
     device = device or default_device()
-    settings = settings or SamplingSettings(dtype="float16" if device.startswith("cuda") else "float32")
+    settings = settings or SamplingSettings(dtype=default_dtype(device))
     out = Path(output_dir)
     _refuse_foreign_files(out)
     out.mkdir(parents=True, exist_ok=True)

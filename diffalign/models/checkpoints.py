@@ -37,3 +37,12 @@ def load_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
     return state
+
+
+def local_or_hub_file(checkpoint: str | None, repo_id: str, default_name: str) -> str:
+    """``checkpoint`` if it is a local file, else that file name (or ``default_name``) from the hub repo."""
+    if checkpoint and Path(checkpoint).is_file():
+        return checkpoint
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(repo_id, checkpoint or default_name)

@@ -9,10 +9,10 @@ The ``hpsv2`` wheel is not used: it pins old pytest/protobuf.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
+from ..models.checkpoints import local_or_hub_file
 from .base import register
 from .open_clip_models import OpenClipSimilarity
 
@@ -21,22 +21,15 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def _resolve(checkpoint: str | None, version: str) -> str:
-    if checkpoint and Path(checkpoint).is_file():
-        return checkpoint
-    if version not in HPS_FILES:
-        raise ValueError(f"unknown HPS version {version!r}; expected one of {sorted(HPS_FILES)}")
-    from huggingface_hub import hf_hub_download
-
-    return hf_hub_download("xswu/HPSv2", checkpoint or HPS_FILES[version])
-
-
 @register("hps")
 class HPS(OpenClipSimilarity):
     def __init__(self, version: str = "v2.1", checkpoint: str | None = None, model_name: str = "ViT-H-14",
                  **kwargs):
         """``checkpoint``: local HPS file, or a file name in the hub repo xswu/HPSv2 (default: the version's)."""
-        super().__init__(model_name, _resolve(checkpoint, version), state_key="state_dict", **kwargs)
+        if version not in HPS_FILES:
+            raise ValueError(f"unknown HPS version {version!r}; expected one of {sorted(HPS_FILES)}")
+        weights = local_or_hub_file(checkpoint, "xswu/HPSv2", HPS_FILES[version])
+        super().__init__(model_name, weights, state_key="state_dict", **kwargs)
 
     def _preprocess_options(self) -> dict:
         return {"mean": CLIP_MEAN, "std": CLIP_STD, "resize_mode": "longest", "interpolation": "bicubic",

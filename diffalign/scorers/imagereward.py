@@ -17,7 +17,6 @@ and med.py) instead of the ``image-reward`` wheel, which pins timm 0.6.13 and br
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 from torchvision import transforms
@@ -25,7 +24,7 @@ from transformers import BertTokenizer, BlipTextConfig, BlipVisionConfig
 from transformers.models.blip.modeling_blip import BlipVisionModel
 from transformers.models.blip.modeling_blip_text import BlipTextModel
 
-from ..models.checkpoints import load_state_dict
+from ..models.checkpoints import load_state_dict, local_or_hub_file
 from .base import as_dtype, batched, register, to_pil
 from .heads import LinearMLPHead
 from .hps import CLIP_MEAN, CLIP_STD
@@ -97,14 +96,6 @@ def blip_tokenizer(source: str) -> BertTokenizer:
     return tokenizer
 
 
-def _resolve(checkpoint: str | None) -> str:
-    if checkpoint and Path(checkpoint).is_file():
-        return checkpoint
-    from huggingface_hub import hf_hub_download
-
-    return hf_hub_download("THUDM/ImageReward", checkpoint or "ImageReward.pt")
-
-
 @register("imagereward")
 class ImageReward:
     def __init__(self, checkpoint: str | None = None, tokenizer: str = "bert-base-uncased", device: str = "cpu",
@@ -113,7 +104,7 @@ class ImageReward:
         """``checkpoint``: ImageReward.pt (local file or a file name in THUDM/ImageReward); ``tokenizer``: hub id or
         folder of bert-base-uncased. ``vision_config``/``text_config`` override the architecture (tests)."""
         dtype = as_dtype(dtype)
-        vision, text, head, unused = convert_official_state_dict(load_state_dict(_resolve(checkpoint)))
+        vision, text, head, unused = convert_official_state_dict(load_state_dict(local_or_hub_file(checkpoint, "THUDM/ImageReward", "ImageReward.pt")))
         if not vision or not text or not head:
             raise ValueError(f"{checkpoint}: not an ImageReward checkpoint (expected keys blip.visual_encoder.*, "
                              f"blip.text_encoder.*, mlp.*; got {len(vision)}/{len(text)}/{len(head)})")

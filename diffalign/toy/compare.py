@@ -19,7 +19,8 @@ def compare_before_after(cfg, out_dir: str | Path) -> dict:
     e = cfg.eval
     report = evaluate(cfg.model.pretrained, adapters=[f"{cfg.method}={out_dir}"], prompts=f"toy:{e.prompt_set}",
                       scorers=["toy"], output_dir=out_dir / "comparison", seeds_per_prompt=e.seeds_per_prompt,
-                      settings=SamplingSettings(e.num_inference_steps, e.guidance_scale), device="cpu")
+                      settings=SamplingSettings(e.num_inference_steps, e.guidance_scale),
+                      device="cpu")  # the toy model is tiny: CPU float32 keeps the figures machine-independent
     wr = report.win_rates()[cfg.method][f"toy/{e.persona}"]
     fid = {m: report.summary()[m]["toy/fidelity"].mean for m in report.models}
     fid_win = report.win_rates()[cfg.method]["toy/fidelity"]

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..data.convert import pair_to_feedback
 from .personas import TASTES, bradley_terry_label
 from .prompts import prompt_set
 from .sampling import cases, generate
@@ -76,16 +77,9 @@ def label_pool(pool: PairPool, raters: list[str], seed: int = 0) -> list[dict]:
 
 
 def feedback_rows(pair_rows: list[dict]) -> tuple[list[dict], int]:
-    """Binary-feedback view of Pick-a-Pic rows: (rows of caption/image/label, number of ties left out)."""
-    rows, ties = [], 0
-    for r in pair_rows:
-        if r["label_0"] == 0.5:
-            ties += 1
-            continue
-        chosen, rejected = ("jpg_0", "jpg_1") if r["label_0"] == 1 else ("jpg_1", "jpg_0")
-        rows.append({"caption": r["caption"], "image": r[chosen], "label": 1, "user_id": r["user_id"]})
-        rows.append({"caption": r["caption"], "image": r[rejected], "label": 0, "user_id": r["user_id"]})
-    return rows, ties
+    """Binary-feedback view of Pick-a-Pic rows: (rows of caption/image/label/user_id, number of ties left out)."""
+    rows = [f for r in pair_rows for f in pair_to_feedback(r)]
+    return rows, sum(r["label_0"] == 0.5 for r in pair_rows)
 
 
 def write_parquet(rows: list[dict], path: str | Path) -> Path:
