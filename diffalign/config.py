@@ -66,7 +66,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     seed: int = 0
     checkpoint_every: int = 0  # optimizer steps between accelerate checkpoints (0 = none)
-    checkpoints_total_limit: int = 3  # keep only the newest N checkpoints
+    checkpoints_total_limit: int = 3  # keep only the newest N complete checkpoints (0 = keep all)
     log_every: int = 10  # optimizer steps between metric logs
     validation_every: int = 0  # optimizer steps between validation grids (0 = none)
     report_to: str = "tensorboard"  # accelerate tracker name ("tensorboard", "wandb", ...) or "none"

@@ -27,6 +27,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
+from diffalign.checkpointing import BrokenCheckpoint, resume as resume_from, save_checkpoint
 from diffalign.config import Config, ConfigError, load_config
 from diffalign.core.step import TrainStep
 from diffalign.data.factory import build_training_data
@@ -84,9 +85,8 @@ def make_accelerator(cfg: Config) -> Accelerator:
         gradient_accumulation_steps=cfg.train.grad_accum,
         mixed_precision=cfg.train.mixed_precision,
         log_with=report_to,
-        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs"),
-                                            automatic_checkpoint_naming=True,
-                                            total_limit=cfg.train.checkpoints_total_limit),
+        # Checkpoint naming and pruning are diffalign's own (checkpointing.py): atomic, pruned after the save.
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
 
 
@@ -153,8 +153,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     step_fn = TrainStep(objective, parts.vae, parts.text_encoder, parts.noise_scheduler, reference, accelerator)
 
     updates_per_epoch = len(loader) // cfg.train.grad_accum  # exact: the sampler trims epochs to whole updates
-    global_step = _resume(accelerator, out, resume) if resume else 0
-    _continue_checkpoint_numbering(accelerator, out)
+    global_step = resume_from(accelerator, out, resume) if resume else 0
     first_epoch, done_in_epoch = divmod(global_step, updates_per_epoch)
     if accelerator.is_main_process and accelerator.trackers == [] and cfg.train.report_to != "none":
         accelerator.init_trackers("diffalign", config={"method": cfg.method, **cfg.objective})
@@ -200,7 +199,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                 logger.warning("step %d: non-finite loss or gradient; update skipped (%d in a row, %d in all)",
                                global_step + 1, nonfinite_run, nonfinite_total)
             if nonfinite_run >= cfg.train.max_nonfinite_updates:
-                _checkpoint(accelerator, global_step)  # the last finite weights, resumable
+                # the last finite weights, resumable
+                save_checkpoint(accelerator, out, global_step, cfg.train.checkpoints_total_limit)
                 raise NonFiniteTraining(
                     f"{nonfinite_run} optimizer steps in a row had a non-finite loss or gradient (last at step "
                     f"{global_step + 1}); stopped. The weights before them are saved in "
@@ -216,7 +216,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                     and accelerator.is_main_process:
                 _validate(cfg, parts, accelerator.unwrap_model(unet), out, global_step)
             if cfg.train.checkpoint_every and global_step % cfg.train.checkpoint_every == 0:
-                _checkpoint(accelerator, global_step)
+                save_checkpoint(accelerator, out, global_step, cfg.train.checkpoints_total_limit)
             if global_step >= cfg.train.max_steps:
                 break
         epoch += 1
@@ -271,66 +271,6 @@ def _mean_tail(history: list[dict], n: int = 20) -> dict:
     tail = history[-n:]
     keys = {k for h in tail for k in h if isinstance(h[k], (int, float))}
     return {k: sum(h[k] for h in tail if k in h) / max(1, sum(k in h for h in tail)) for k in sorted(keys)}
-
-
-def _checkpoints(out: Path, complete_only: bool = True) -> list[Path]:
-    """Checkpoint folders, oldest first; complete = its progress.json was written after save_state returned."""
-    found = [p for p in (out / "checkpoints").glob("checkpoint_*") if p.name.split("_")[1].isdigit()]
-    if complete_only:
-        found = [p for p in found if (p / "progress.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
-
-
-def _continue_checkpoint_numbering(accelerator: Accelerator, out: Path) -> None:
-    """Number new checkpoints after every existing one, so none is overwritten or collides."""
-    existing = _checkpoints(out, complete_only=False)
-    accelerator.project_configuration.iteration = int(existing[-1].name.split("_")[1]) + 1 if existing else 0
-
-
-def _checkpoint(accelerator: Accelerator, step: int) -> None:
-    path = accelerator.save_state()  # -> out/checkpoints/checkpoint_<i>, pruned to checkpoints_total_limit
-    if accelerator.is_main_process:
-        (Path(path) / "progress.json").write_text(json.dumps({"global_step": step}))
-
-
-class BrokenCheckpoint(RuntimeError):
-    """A checkpoint marked complete failed to load."""
-
-
-def _load_checkpoint(accelerator: Accelerator, path: Path) -> int:
-    progress = path / "progress.json"
-    if not progress.is_file():
-        raise FileNotFoundError(f"{path} is not a complete diffalign checkpoint (no progress.json)")
-    try:
-        accelerator.load_state(str(path))
-        return int(json.loads(progress.read_text())["global_step"])
-    except Exception as err:  # truncated/corrupt weights, optimizer or RNG files: several exception types
-        raise BrokenCheckpoint(f"checkpoint {path} is broken and cannot be loaded ({type(err).__name__}: {err})"
-                               ) from err
-
-
-def _resume(accelerator: Accelerator, out: Path, resume: str) -> int:
-    """Load a checkpoint; returns the optimizer steps already done.
-
-    ``latest``: the newest complete checkpoint, and a clear error if it is broken; ``latest-valid``: the newest one
-    that loads, reporting each broken one skipped (the fallback happens only when asked); else a folder.
-    """
-    if resume not in ("latest", "latest-valid"):
-        return _load_checkpoint(accelerator, Path(resume))
-    found = _checkpoints(out)
-    if not found:
-        raise FileNotFoundError(f"--resume {resume}: no complete checkpoint under {out / 'checkpoints'}")
-    for path in reversed(found):
-        try:
-            return _load_checkpoint(accelerator, path)
-        except BrokenCheckpoint as err:
-            if resume == "latest":
-                raise BrokenCheckpoint(f"{err}. Pass --resume latest-valid to fall back to the newest checkpoint "
-                                       "that loads, or --resume PATH.") from err
-            if accelerator.is_main_process:
-                print(f"diffalign train: {err}; falling back to the previous checkpoint", file=sys.stderr)
-    raise BrokenCheckpoint(f"--resume latest-valid: none of the {len(found)} checkpoints under "
-                           f"{out / 'checkpoints'} loads")
 
 
 def main(argv: list[str] | None = None) -> int:

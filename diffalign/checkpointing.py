@@ -1,0 +1,134 @@
+"""Training checkpoints that a kill can never break: written to a temporary folder, then renamed.
+
+Layout under ``OUTPUT_DIR/checkpoints/``:
+    checkpoint_<i>/              complete: accelerate's state (optimizer, scheduler, RNG per rank, sampler) plus
+                                 the adapter (LoRA) or the UNet, and ``progress.json`` = {"global_step": ...}
+    .incomplete-checkpoint_<i>/  a save in progress, or one a kill interrupted; never resumed from
+``i`` counts saves in this output folder (it never restarts, so no save replaces another).
+
+Why not accelerate's ``automatic_checkpoint_naming``: it deletes the oldest checkpoint *before* writing the new
+one into its final name, so with ``total_limit=1`` a kill during the save leaves no checkpoint at all, and a
+half-written folder looks like a finished one. Here the old ones are pruned only after the new one is in place,
+and a folder gets its final name only once every file (and the progress marker) is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from accelerate import Accelerator
+
+PROGRESS_FILE = "progress.json"
+INCOMPLETE_PREFIX = ".incomplete-"
+
+
+class BrokenCheckpoint(RuntimeError):
+    """A checkpoint marked complete failed to load."""
+
+
+def _index(path: Path) -> int | None:
+    """``i`` of checkpoint_<i> or .incomplete-checkpoint_<i>; None for any other name."""
+    name = path.name.removeprefix(INCOMPLETE_PREFIX)
+    tail = name.removeprefix("checkpoint_")
+    return int(tail) if name.startswith("checkpoint_") and tail.isdigit() else None
+
+
+def complete_checkpoints(out: Path) -> list[Path]:
+    """The complete checkpoints of a run, oldest first."""
+    found = [p for p in (Path(out) / "checkpoints").glob("checkpoint_*")
+             if _index(p) is not None and (p / PROGRESS_FILE).is_file()]
+    return sorted(found, key=_index)
+
+
+def incomplete_checkpoints(out: Path) -> list[Path]:
+    """Saves that never finished (the process was killed while writing them)."""
+    return sorted((Path(out) / "checkpoints").glob(INCOMPLETE_PREFIX + "checkpoint_*"), key=lambda p: _index(p) or 0)
+
+
+def _next_index(out: Path) -> int:
+    root = Path(out) / "checkpoints"
+    used = [_index(p) for p in root.glob("*")] if root.is_dir() else []
+    used = [i for i in used if i is not None]
+    return max(used) + 1 if used else 0
+
+
+def save_checkpoint(accelerator: Accelerator, out: Path, global_step: int, total_limit: int | None) -> Path:
+    """Save the full training state at ``global_step`` (optimizer steps done); returns the final folder.
+
+    Every rank writes its part (its RNG state) into the temporary folder; the main process writes the progress
+    marker last, renames the folder, then prunes complete checkpoints beyond ``total_limit`` and stale incomplete
+    ones. Collective: every process must call it at the same step.
+    """
+    root = Path(out) / "checkpoints"
+    index = _next_index(out)  # the same on every rank: computed before anyone writes this save
+    accelerator.wait_for_everyone()
+    final, temporary = root / f"checkpoint_{index}", root / f"{INCOMPLETE_PREFIX}checkpoint_{index}"
+    accelerator.save_state(str(temporary))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        marker = temporary / PROGRESS_FILE
+        marker.write_text(json.dumps({"global_step": global_step}))
+        _fsync_tree(temporary)
+        os.replace(temporary, final)  # atomic on POSIX within one file system
+        keep = complete_checkpoints(out)
+        if total_limit:
+            for old in keep[:-total_limit]:
+                shutil.rmtree(old)
+        for stale in incomplete_checkpoints(out):
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush the files to disk before the rename makes them 'complete' (a power loss must not reorder them)."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path) -> int:
+    """Restore a checkpoint; returns its global step. Raises BrokenCheckpoint naming the folder and the cause."""
+    path = Path(path)
+    progress = path / PROGRESS_FILE
+    if path.name.startswith(INCOMPLETE_PREFIX) or not progress.is_file():
+        raise FileNotFoundError(f"{path} is not a complete diffalign checkpoint (no {PROGRESS_FILE}; an interrupted "
+                                "save leaves such a folder)")
+    try:
+        accelerator.load_state(str(path))
+        return int(json.loads(progress.read_text())["global_step"])
+    except Exception as err:  # truncated/corrupt weights, optimizer or RNG files: several exception types
+        raise BrokenCheckpoint(f"checkpoint {path} is broken and cannot be loaded ({type(err).__name__}: {err})"
+                               ) from err
+
+
+def resume(accelerator: Accelerator, out: Path, how: str) -> int:
+    """Load a checkpoint; returns the optimizer steps already done.
+
+    ``latest``: the newest complete checkpoint, and a clear error if it is broken; ``latest-valid``: the newest one
+    that loads, reporting each broken one skipped (the fallback happens only when asked); else a folder.
+    """
+    if how not in ("latest", "latest-valid"):
+        return load_checkpoint(accelerator, Path(how))
+    found = complete_checkpoints(out)
+    if accelerator.is_main_process:
+        for stale in incomplete_checkpoints(out):
+            print(f"diffalign train: ignoring {stale} (a save that was interrupted)", file=sys.stderr)
+    if not found:
+        raise FileNotFoundError(f"--resume {how}: no complete checkpoint under {Path(out) / 'checkpoints'}")
+    for path in reversed(found):
+        try:
+            return load_checkpoint(accelerator, path)
+        except BrokenCheckpoint as err:
+            if how == "latest":
+                raise BrokenCheckpoint(f"{err}. Pass --resume latest-valid to fall back to the newest checkpoint "
+                                       "that loads, or --resume PATH.") from err
+            if accelerator.is_main_process:
+                print(f"diffalign train: {err}; falling back to the previous checkpoint", file=sys.stderr)
+    raise BrokenCheckpoint(f"--resume latest-valid: none of the {len(found)} checkpoints under "
+                           f"{Path(out) / 'checkpoints'} loads")
