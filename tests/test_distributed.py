@@ -35,3 +35,32 @@ def test_two_ranks_train_the_same_weights_as_one_process(tmp_path, method):
     assert one.keys() == two.keys() and any(v.abs().max() > 1e-3 for k, v in one.items() if "lora.up" in k or "lora_B" in k)
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
+
+
+def test_a_rank_whose_micro_batch_is_all_bad_samples_does_not_hang_the_others(tmp_path):
+    """KTO reduces z0 across ranks inside its loss. Rank 1's first micro-batch is made all bad (skipped), so it
+    has no loss to compute; it must still join that reduction (with weight 0) or rank 0 waits forever."""
+    from datasets import load_dataset
+
+    from diffalign.data.sampler import EpochShuffle
+
+    table = load_dataset("parquet", data_files=str(REPO_ROOT / "assets/toy-data/feedback_bold.parquet"),
+                         split="train").select(range(16))
+    # 2 ranks x 2 per micro-batch: accelerate gives rank r the sampler's batches r, r + 2, ...
+    order = list(EpochShuffle(16, seed=0, multiple=4))
+    bad = set(order[2:4])  # rank 1's first micro-batch
+    table = table.map(lambda row, i: {"image": b"not an image" if i in bad else row["image"]}, with_indices=True)
+    source = tmp_path / "feedback.parquet"
+    table.to_parquet(str(source))
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", HF_HUB_OFFLINE="1")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "diffalign.train",
+               "--method", "kto", "--train.batch_size", "2", "--data.source", str(source),
+               "--data.on_bad_sample", "skip", "--data.desirable_ratio", "null", *ARGS,
+               "--output_dir", str(tmp_path / "out")]
+    try:
+        done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the ranks hung: the rank with an empty micro-batch did not join the z0 reduction")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 bad samples skipped" in done.stdout

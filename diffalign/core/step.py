@@ -32,7 +32,28 @@ class TrainStep:
         self.noise_scheduler, self.frozen_reference, self.accelerator = noise_scheduler, frozen_reference, accelerator
         self.scaling = vae.config.scaling_factor
         if hasattr(objective, "cross_process_mean"):  # KTO's reference point is averaged over processes
-            objective.cross_process_mean = lambda x: accelerator.reduce(x, reduction="mean")
+            objective.cross_process_mean = self._weighted_mean_over_processes
+
+    def _weighted_mean_over_processes(self, value: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """sum_r w_r v_r / sum_r w_r over ranks (0 if every rank had weight 0); scalars in, scalar out."""
+        device = self.accelerator.device
+        both = self.accelerator.reduce(torch.stack([value * weight, weight]).float().to(device), reduction="sum")
+        return both[0] / both[1] if both[1] > 0 else torch.zeros_like(both[0])
+
+    def _no_rows_loss(self, unet) -> torch.Tensor:
+        """A zero loss with the collectives of a real step, for a micro-batch left empty by skipped samples.
+
+        Under DDP the other ranks run the UNet through its wrapper and all-reduce gradients in backward; this
+        rank must do the same (a forward on a dummy input, times 0) and join the objective's own reductions,
+        or the ranks' collectives mismatch and the run hangs or aborts.
+        """
+        self.objective.empty_batch_collectives(self.accelerator.device)
+        config = self.accelerator.unwrap_model(unet).config
+        side = 2 ** (len(config.block_out_channels) - 1)  # the smallest latent every down block can halve
+        x = torch.zeros(1, config.in_channels, side, side, device=self.accelerator.device)  # [1, C, s, s]
+        text = torch.zeros(1, 77, config.cross_attention_dim, device=self.accelerator.device)  # [1, 77, D]
+        t = torch.zeros(1, dtype=torch.long, device=self.accelerator.device)
+        return 0.0 * unet(x, t, encoder_hidden_states=text).sample.float().sum()
 
     @torch.no_grad()
     def _inputs(self, unet, batch: dict):
@@ -59,8 +80,7 @@ class TrainStep:
 
     def __call__(self, unet, batch: dict) -> tuple[torch.Tensor, dict]:
         if batch.get("rows") == 0:  # every example of this micro-batch was a skipped bad sample
-            trainable = [p for p in unet.parameters() if p.requires_grad]
-            return 0.0 * sum(p.sum() for p in trainable), {}  # zero gradient, same parameters touched
+            return self._no_rows_loss(unet), {}
         batch = self.objective.prepare_batch(batch)
         x_t, t, text, target = self._inputs(unet, batch)  # float32; the prepared UNet autocasts
         detached = batch.get("row_detached")

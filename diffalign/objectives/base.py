@@ -44,6 +44,10 @@ class Objective:
         """Add rows the objective needs beyond the data's (e.g. KTO's mismatched reference point); default none."""
         return batch
 
+    def empty_batch_collectives(self, device) -> None:
+        """Join, with no data, any cross-process reduction ``loss`` makes (a rank whose micro-batch was all
+        skipped bad samples must not leave the others waiting). Default: the loss makes none."""
+
     def row_loss(self, policy: torch.Tensor, ref: torch.Tensor | None, batch: dict):
         """Loss from per-row errors [R]. Pair objectives see them split into (w, l) halves; others override."""
         return self.loss(PairErrors.from_stacked(policy, ref), batch)

@@ -53,7 +53,14 @@ class DiffusionKTO(Objective):
             raise ValueError("lambda_desirable and lambda_undesirable must be >= 0")
         self.beta, self.utility, self.reference_point = beta, utility, reference_point
         self.lambda_desirable, self.lambda_undesirable = lambda_desirable, lambda_undesirable
-        self.cross_process_mean = lambda x: x  # the trainer sets accelerate's mean over processes
+        # (value, weight) -> the weighted mean of value over processes; the trainer sets accelerate's. Weighted by
+        # each rank's rows so a rank whose micro-batch was all skipped bad samples (weight 0) does not pull z0
+        # to 0, and still joins the collective (an absent rank would hang the others).
+        self.cross_process_mean = lambda value, weight: value
+
+    def empty_batch_collectives(self, device) -> None:
+        """A micro-batch with no rows on this rank still takes part in the z0 reduction, with weight 0."""
+        self.cross_process_mean(torch.zeros((), device=device), torch.zeros((), device=device))
 
     def prepare_batch(self, batch: dict) -> dict:
         """``mismatched``: append detached rows (x_i, c_{i+1}) whose rewards set the reference point."""
@@ -75,7 +82,8 @@ class DiffusionKTO(Objective):
             z = torch.stack(means).mean()
         else:
             z = g_mismatched.mean()
-        return self.cross_process_mean(z.detach()).clamp(min=0)
+        weight = torch.tensor(float(len(g)), device=g.device)
+        return self.cross_process_mean(z.detach(), weight).clamp(min=0)
 
     def row_loss(self, policy: torch.Tensor, ref: torch.Tensor | None, batch: dict):
         if ref is None:
