@@ -20,6 +20,7 @@ class ModelConfig:
     pretrained: str = "assets/toy-sd"  # hub id or local diffusers folder of the base pipeline
     revision: str | None = None  # hub revision (branch, tag or commit)
     variant: str | None = None  # weight variant on the hub, e.g. "fp16"
+    trust_remote_code: bool = False  # run code shipped with a hub model (e.g. data.perturber_model); off unless set
 
 
 @dataclass
@@ -187,7 +188,7 @@ def load_config(path: str | Path | None = None, overrides: list[tuple[str, str]]
         _set_dotted(tree, dotted, raw)
     cfg = _build(Config, tree, "")
     _resolve_embedded_paths(cfg)
-    validate(cfg)
+    validate(cfg, given=tree, overridden={dotted for dotted, _ in overrides})
     return cfg
 
 
@@ -203,8 +204,28 @@ def _resolve_embedded_paths(cfg: Config) -> None:
             setattr(section, key, str(REPO_ROOT / value))
 
 
-def validate(cfg: Config) -> None:
-    """Reject impossible combinations before any model loads."""
+def objective_options(cls) -> list[str]:
+    """The keyword options an objective takes, following ``**options`` passed on to its parent classes."""
+    import inspect
+
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names += [p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return list(dict.fromkeys(names))
+
+
+def validate(cfg: Config, given: dict | None = None, overridden: set[str] = frozenset()) -> None:
+    """Reject impossible combinations before any model loads.
+
+    ``given``: the mapping the user wrote (file + overrides), to tell a setting they chose from a default: a
+    setting that the chosen method or mode ignores is an error when given, never silently unused.
+    ``overridden``: the dotted keys set on the command line (see _reject_ignored_settings).
+    """
     from .objectives import REGISTRY
 
     if cfg.method not in REGISTRY:
@@ -215,10 +236,19 @@ def validate(cfg: Config) -> None:
                 cfg.objective[key] = float(value)
             except ValueError:
                 pass
+    objective_cls = REGISTRY[cfg.method]
+    options = objective_options(objective_cls)
+    unknown = sorted(set(cfg.objective) - set(options))
+    if unknown:
+        owners = {k: sorted(m for m, c in REGISTRY.items() if k in objective_options(c)) for k in unknown}
+        where = "; ".join(f"objective.{k} belongs to {', '.join(v) or 'no method'}" for k, v in owners.items())
+        raise ConfigError(f"method {cfg.method} has no option(s) {', '.join(unknown)} ({where}); "
+                          f"its options: {', '.join(options) or 'none'}")
     try:
-        REGISTRY[cfg.method](**cfg.objective)
+        objective = objective_cls(**cfg.objective)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"objective ({cfg.method}): {err}") from err
+    _reject_ignored_settings(cfg, objective, given or {}, overridden)
     t, d = cfg.train, cfg.data
     for name in ("batch_size", "grad_accum", "max_steps", "max_nonfinite_updates"):
         if getattr(t, name) < 1:
@@ -245,3 +275,41 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"eval.prompt_set: expected persona, attributes or long; got {cfg.eval.prompt_set!r}")
     if cfg.lora.enabled and cfg.lora.rank < 1:
         raise ConfigError(f"lora.rank must be >= 1; got {cfg.lora.rank}")
+    for name in ("checkpoint_every", "checkpoints_total_limit", "validation_every"):
+        if getattr(t, name) < 0:
+            raise ConfigError(f"train.{name} must be >= 0; got {getattr(t, name)}")
+
+
+# Settings that only some methods or modes read: (section, key, who reads it, the key that picks the mode,
+# whether the setting is in use for (cfg, objective)).
+_SETTINGS_IN_USE = [
+    ("data", "desirable_ratio", "single-image methods (kto)", "method", lambda cfg, o: o.pair_axis == "single"),
+    ("data", "perturb_axes", "caption-pair methods (tdpo, tkto)", "method", lambda cfg, o: o.pair_axis == "captions"),
+    ("data", "perturber_model", "caption-pair methods (tdpo, tkto)", "method",
+     lambda cfg, o: o.pair_axis == "captions"),
+    ("data", "drop_ties", "image-pair methods (dpo, mapo, inpo)", "method", lambda cfg, o: o.pair_axis == "images"),
+    ("lora", "rank", "LoRA training (lora.enabled: true)", "lora.enabled", lambda cfg, o: cfg.lora.enabled),
+    ("lora", "alpha", "LoRA training (lora.enabled: true)", "lora.enabled", lambda cfg, o: cfg.lora.enabled),
+    ("lora", "target_modules", "LoRA training (lora.enabled: true)", "lora.enabled", lambda cfg, o: cfg.lora.enabled),
+]
+
+
+def _reject_ignored_settings(cfg: Config, objective, given: dict, overridden: set[str]) -> None:
+    """A setting the user wrote that this method/mode would ignore is a mistake worth stopping for.
+
+    One exception: a config file written for one mode (``lora: {rank: 8}``) run in another chosen on the command
+    line (``--lora.enabled false``). The file's settings for the old mode are then reported as unused, not fatal:
+    switching a shipped config's mode from the command line is a normal thing to do.
+    """
+    import warnings
+
+    for section, key, reader, mode_key, in_use in _SETTINGS_IN_USE:
+        if key not in (given.get(section) or {}) or in_use(cfg, objective):
+            continue
+        mode = "full fine-tuning (lora.enabled: false)" if section == "lora" else f"method {cfg.method}"
+        message = f"{section}.{key} is set but {mode} does not use it: it applies only to {reader}"
+        if f"{section}.{key}" not in overridden and mode_key in overridden:
+            warnings.warn(f"{message}; ignored (--{mode_key} on the command line changed the config file's mode)",
+                          stacklevel=3)
+            continue
+        raise ConfigError(f"{message}. Remove it, or choose a method/mode that uses it.")

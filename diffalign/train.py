@@ -31,7 +31,7 @@ from diffalign.checkpointing import BrokenCheckpoint, resume as resume_from, sav
 from diffalign.config import Config, ConfigError, load_config
 from diffalign.core.step import TrainStep
 from diffalign.data.factory import build_training_data
-from diffalign.models.loading import load_sd_components
+from diffalign.models.loading import load_sd_components, load_tokenizer
 from diffalign.models.lora import attach_lora, save_lora
 from diffalign.models.lora_checkpoint import register_lora_checkpointing
 from diffalign.objectives import get_objective
@@ -116,7 +116,15 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     set_seed(cfg.train.seed)
     objective = get_objective(cfg.method, **cfg.objective)
 
-    parts = load_sd_components(cfg.model.pretrained, cfg.model.revision, cfg.model.variant)
+    # The data first: a wrong column or an empty table is reported before gigabytes of weights load.
+    tokenizer = load_tokenizer(cfg.model.pretrained, cfg.model.revision)
+    per_update = cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes
+    try:
+        dataset, sampler, collate = build_training_data(cfg.data, objective.pair_axis, tokenizer, cfg.train.seed,
+                                                        per_update, cfg.model.trust_remote_code)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    parts = load_sd_components(cfg.model.pretrained, cfg.model.revision, cfg.model.variant, tokenizer)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     for frozen in (parts.vae, parts.text_encoder):
         frozen.requires_grad_(False).eval().to(accelerator.device, dtype=weight_dtype)
@@ -134,12 +142,6 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         unet.enable_gradient_checkpointing()
     unet.train()  # from_pretrained returns eval mode
 
-    per_update = cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes
-    try:
-        dataset, sampler, collate = build_training_data(cfg.data, objective.pair_axis, parts.tokenizer,
-                                                        cfg.train.seed, per_update)
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler,
                                          collate_fn=collate, drop_last=True, num_workers=cfg.data.num_workers)
     optimizer = make_optimizer(cfg, params)

@@ -47,3 +47,31 @@ def test_skip_leaves_bad_samples_out_and_counts_them(tmp_path):
         train(load_config(REPO_ROOT / "configs/toy/dpo.yaml",
                           [o for o in overrides if o[0] not in ("data.on_bad_sample", "output_dir")]
                           + [("output_dir", str(tmp_path / "out2"))]))
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"caption": "a red circle", "jpg_0": GOOD, "label_0": 1.0}], r"missing column\(s\) \['jpg_1'\]"),
+    ([], r"no examples to train on \(the table has 0 rows"),
+    (None, r"not a readable table"),
+])
+def test_table_level_problems_stop_before_any_weights_load(tmp_path, monkeypatch, capsys, rows, message):
+    import diffalign.train as train_module
+    from diffalign.train import main
+
+    path = tmp_path / "pairs.parquet"
+    if rows is None:
+        path.write_bytes(b"PAR1 truncated")
+    elif rows:
+        Dataset.from_list(rows).to_parquet(str(path))
+    else:  # the right columns, no rows
+        Dataset.from_dict({"caption": [], "jpg_0": [], "jpg_1": [], "label_0": []}).to_parquet(str(path))
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the model weights were loaded before the data was checked")
+
+    monkeypatch.setattr(train_module, "load_sd_components", no_weights)
+    code = main(["--method", "dpo", "--data.source", str(path), "--output_dir", str(tmp_path / "out"),
+                 "--eval.enabled", "false", "--train.report_to", "none"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(path) in err
+    assert __import__("re").search(message, err), err

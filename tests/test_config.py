@@ -60,10 +60,48 @@ def test_wrong_type_names_the_key():
 
 
 def test_impossible_objective_options_are_rejected():
-    with pytest.raises(ConfigError, match="objective \\(mapo\\)"):
+    # mapo is reference-free: beta (a reference-margin scale) is not its option; the error lists its own.
+    with pytest.raises(ConfigError, match=r"method mapo has no option\(s\) beta \(objective.beta belongs to "
+                                          r"dpo, inpo, kto, tdpo, tkto\); its options: lam, gamma, temperature"):
         load_config(overrides=[("method", "mapo"), ("objective.beta", "5000")])
+    with pytest.raises(ConfigError, match="objective.inversion_model belongs to inpo"):
+        load_config(overrides=[("method", "dpo"), ("objective.inversion_model", "reference")])
     with pytest.raises(ConfigError, match="unknown 'nope'"):
         load_config(overrides=[("method", "nope")])
+    with pytest.raises(ConfigError, match="objective \\(dpo\\): .*link"):
+        load_config(overrides=[("objective.link", "tanh")])
+    assert load_config(overrides=[("method", "tdpo"), ("objective.link", "ipo")]).objective["link"] == "ipo"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ([("lora.enabled", "false"), ("lora.rank", "16")], "lora.rank is set but full fine-tuning"),
+    ([("lora.enabled", "false"), ("lora.target_modules", "[to_q]")], "lora.target_modules is set but full"),
+    ([("method", "dpo"), ("data.desirable_ratio", "0.5")], "data.desirable_ratio is set but method dpo does not use "
+                                                          "it: it applies only to single-image methods"),
+    ([("method", "mapo"), ("data.perturb_axes", "[spatial]")], "data.perturb_axes is set but method mapo"),
+    ([("method", "kto"), ("data.drop_ties", "false")], "data.drop_ties is set but method kto"),
+    ([("train.checkpoints_total_limit", "-1")], "train.checkpoints_total_limit must be >= 0"),
+])
+def test_settings_the_method_or_mode_would_ignore_are_rejected(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=overrides)
+
+
+def test_a_shipped_config_switched_to_another_mode_on_the_command_line_only_warns(tmp_path):
+    with pytest.warns(UserWarning, match="lora.rank is set but full fine-tuning .* ignored"):
+        cfg = load_config(REPO_ROOT / "configs/toy/dpo.yaml", [("lora.enabled", "false")])
+    assert cfg.lora.enabled is False
+    written = tmp_path / "full.yaml"
+    written.write_text("lora:\n  enabled: false\n  rank: 16\n")  # one file asking for both: an error
+    with pytest.raises(ConfigError, match="lora.rank is set but full fine-tuning"):
+        load_config(written)
+
+
+def test_settings_are_accepted_where_they_apply():
+    assert load_config(overrides=[("lora.enabled", "false")]).lora.enabled is False
+    assert load_config(overrides=[("method", "kto"), ("data.desirable_ratio", "0.5")]).data.desirable_ratio == 0.5
+    assert load_config(overrides=[("method", "tkto"), ("data.perturb_axes", "[spatial]")]).data.perturb_axes == [
+        "spatial"]
 
 
 def test_embedded_asset_paths_resolve_from_any_folder(tmp_path, monkeypatch):

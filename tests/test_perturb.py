@@ -118,3 +118,41 @@ def test_llm_perturber_output_is_validated_and_falls_back_to_rules(tiny_lm):
     assert no_tries.fallbacks == 1 and parse(out).objects[0].position != "top left"
     out, _ = no_tries.perturb("a red circle", np.random.default_rng(0), "spatial")  # rules can't: another axis
     assert out != "a red circle" and no_tries.fallbacks == 2
+
+
+CUSTOM_CODE = """from transformers import GPT2Config, GPT2LMHeadModel
+
+
+class MarkedConfig(GPT2Config):
+    model_type = "marked-gpt2"
+
+
+class MarkedLM(GPT2LMHeadModel):
+    config_class = MarkedConfig
+    ran_remote_code = True
+"""
+
+
+def test_a_model_that_ships_code_loads_only_with_trust_remote_code(tiny_lm, tmp_path):
+    """model.trust_remote_code (off by default) is what lets the perturber run a hub model's own code."""
+    import json
+    import shutil
+
+    from diffalign.config import load_config
+    from diffalign.data.factory import build_training_data
+    from diffalign.models.tokenizer import build_clip_tokenizer
+
+    remote = tmp_path / "lm-with-code"
+    shutil.copytree(tiny_lm, remote)
+    (remote / "marked.py").write_text(CUSTOM_CODE)
+    config = json.loads((remote / "config.json").read_text())
+    config.update(model_type="marked-gpt2", auto_map={"AutoConfig": "marked.MarkedConfig",
+                                                      "AutoModelForCausalLM": "marked.MarkedLM"})
+    (remote / "config.json").write_text(json.dumps(config))
+    cfg = load_config(overrides=[("method", "tdpo"), ("data.source", "assets/toy-data/captioned.parquet"),
+                                 ("data.perturber_model", str(remote)), ("data.max_pairs", "8")])
+    assert cfg.model.trust_remote_code is False
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        build_training_data(cfg.data, "captions", build_clip_tokenizer(), 0, 4, cfg.model.trust_remote_code)
+    dataset, _, _ = build_training_data(cfg.data, "captions", build_clip_tokenizer(), 0, 4, trust_remote_code=True)
+    assert getattr(dataset.perturber.generate.model, "ran_remote_code", False)

@@ -68,6 +68,9 @@ class TableExamples(torch.utils.data.Dataset):
     def __init__(self, cfg: DataConfig, tokenizer, seed: int, table, rows: np.ndarray):
         if cfg.max_pairs is not None:
             rows = rows[: cfg.max_pairs]
+        if len(rows) == 0:
+            raise ValueError(f"{cfg.source} (split {cfg.split!r}): no examples to train on (the table has "
+                             f"{len(table)} rows; data.max_pairs={cfg.max_pairs})")
         self.table, self.rows, self.cfg, self.tokenizer, self.seed = table, rows, cfg, tokenizer, seed
         self.epoch = 0
 

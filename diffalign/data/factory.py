@@ -9,8 +9,10 @@ from .pairs import PreferencePairs, collate_pairs
 from .sampler import DesirableRatioSampler, EpochShuffle
 
 
-def build_training_data(cfg: DataConfig, pair_axis: str, tokenizer, seed: int, examples_per_update: int):
-    """``examples_per_update``: batch x accumulation x processes; epochs are trimmed to whole updates."""
+def build_training_data(cfg: DataConfig, pair_axis: str, tokenizer, seed: int, examples_per_update: int,
+                        trust_remote_code: bool = False):
+    """``examples_per_update``: batch x accumulation x processes; epochs are trimmed to whole updates.
+    ``trust_remote_code``: passed to the LLM perturber's model loading (model.trust_remote_code)."""
     if pair_axis == "images":
         dataset, collate = PreferencePairs(cfg, tokenizer, seed), collate_pairs
     elif pair_axis == "single":
@@ -20,7 +22,8 @@ def build_training_data(cfg: DataConfig, pair_axis: str, tokenizer, seed: int, e
         if cfg.perturber_model:
             from .perturb_llm import LLMPerturber
 
-            perturber = LLMPerturber(cfg.perturber_model, axes=tuple(cfg.perturb_axes))
+            perturber = LLMPerturber(cfg.perturber_model, axes=tuple(cfg.perturb_axes),
+                                     trust_remote_code=trust_remote_code)
         dataset, collate = CaptionedImages(cfg, tokenizer, seed, perturber), collate_caption_pairs
     else:
         raise ValueError(f"no training data for pair axis {pair_axis!r}")

@@ -7,6 +7,22 @@ from pathlib import Path
 
 def open_table(source: str, split: str = "train"):
     """A ``datasets.Dataset``. Local parquet files/folders are read offline; anything else is a hub id."""
+    from datasets.exceptions import DatasetGenerationError
+
+    try:
+        return _load(source, split)
+    except DatasetGenerationError as err:  # datasets' wrapper hides the cause (bad parquet, no schema, ...)
+        cause = err.__cause__ or err.__context__ or err
+        raise ValueError(f"{source}: not a readable table ({type(cause).__name__}: {cause})") from err
+    except ValueError as err:
+        if "corresponds to no data" in str(err):  # datasets' words for a table with no rows
+            raise ValueError(f"{source} (split {split!r}): no examples to train on (the table has 0 rows)") from err
+        if source in str(err):
+            raise
+        raise ValueError(f"{source}: not a readable table ({type(err).__name__}: {err})") from err
+
+
+def _load(source: str, split: str):
     from datasets import load_dataset
 
     path = Path(source)
