@@ -38,6 +38,8 @@ class DataConfig:
     desirable_ratio: float | None = 0.8  # KTO: share of desirable draws (None: plain shuffle of the data)
     perturb_axes: list[str] = field(default_factory=lambda: ["content", "attribute", "spatial", "context"])  # TPO
     perturber_model: str | None = None  # TPO: a local text-generation model to perturb captions (else rules)
+    cache_encodings: bool = False  # keep VAE posteriors and text states on disk; encoders run once per view/caption
+    cache_dir: str | None = None  # where (default: $DIFFALIGN_CACHE or ~/.cache/diffalign, + /encodings)
 
 
 @dataclass

@@ -152,7 +152,9 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
     if cfg.lora.enabled:
         register_lora_checkpointing(accelerator, unet)  # checkpoints hold the adapter, not the frozen base
-    step_fn = TrainStep(objective, parts.vae, parts.text_encoder, parts.noise_scheduler, reference, accelerator)
+    cache = open_encoding_cache(cfg, weight_dtype, accelerator.process_index) if cfg.data.cache_encodings else None
+    step_fn = TrainStep(objective, parts.vae, parts.text_encoder, parts.noise_scheduler, reference, accelerator,
+                        cache)
 
     updates_per_epoch = len(loader) // cfg.train.grad_accum  # exact: the sampler trims epochs to whole updates
     global_step = resume_from(accelerator, out, resume) if resume else 0
@@ -218,12 +220,16 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                     and accelerator.is_main_process:
                 _validate(cfg, parts, accelerator.unwrap_model(unet), out, global_step)
             if cfg.train.checkpoint_every and global_step % cfg.train.checkpoint_every == 0:
+                if cache is not None:
+                    cache.flush()
                 save_checkpoint(accelerator, out, global_step, cfg.train.checkpoints_total_limit)
             if global_step >= cfg.train.max_steps:
                 break
         epoch += 1
     bar.close()
     train_seconds = time.time() - start
+    if cache is not None:
+        cache.flush()
     accelerator.wait_for_everyone()
 
     summary = {"method": cfg.method, "steps": global_step, "train_seconds": round(train_seconds, 1),
@@ -232,6 +238,9 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                "bad_samples_skipped": int(accelerator.reduce(torch.tensor(skipped_samples, device=accelerator.device),
                                                              reduction="sum")), "ties_dropped": getattr(dataset, "skipped_ties", 0), "examples_available": len(dataset),
                "first_metrics": history[0] if history else {}, "final_metrics": _mean_tail(history)}
+    if cache is not None:
+        summary["encoding_cache"] = {"directory": str(cache.directory), "hits": cache.hits, "misses": cache.misses,
+                                     "encoder_calls": step_fn.encoders.calls}
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(unet)
         if cfg.lora.enabled:
@@ -249,6 +258,24 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.end_training()
     return summary
+
+
+def open_encoding_cache(cfg: Config, dtype: torch.dtype, process_index: int = 0):
+    """The encoding cache of this model, data and transform (data/encoding_cache.py)."""
+    from diffalign.data.encoding_cache import EncodingCache, default_cache_root, encoders_fingerprint
+
+    d = cfg.data
+    source = Path(d.source)
+    files = sorted(source.rglob("*.parquet")) if source.is_dir() else [source] if source.is_file() else []
+    identity = {"source": str(source.resolve()) if files else d.source, "split": d.split,
+                "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files],
+                "resolution": d.resolution, "random_crop": d.random_crop, "random_flip": d.random_flip}
+    if d.random_crop:
+        logger.warning("data.cache_encodings with data.random_crop: every crop is a new view, so the cache "
+                       "rarely hits; turn random_crop off to gain from it")
+    root = Path(d.cache_dir) if d.cache_dir else default_cache_root()
+    fingerprint = encoders_fingerprint(cfg.model.pretrained, cfg.model.revision, cfg.model.variant, dtype, identity)
+    return EncodingCache(root / fingerprint, writer=f"rank{process_index}")
 
 
 def _is_toy(cfg: Config) -> bool:

@@ -26,9 +26,8 @@ def seeded_generators(seeds: torch.Tensor) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
 
-def sample_latents(latent_dist, generators: list[torch.Generator]) -> torch.Tensor:
-    """A draw from the VAE posterior [N, C, H, W]; image j uses ``generators[j]`` (its noise group's generator)."""
-    mean, std = latent_dist.mean, latent_dist.std
+def sample_latents(mean: torch.Tensor, std: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """A draw from the VAE posterior (mean, std [N, C, H, W]); image j uses ``generators[j]`` (its noise group's)."""
     eps = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in generators])
     return mean + std * eps.to(mean.device, mean.dtype)
 

@@ -19,6 +19,7 @@ from contextlib import nullcontext
 
 import torch
 
+from ..data.encoding_cache import EncodingCache, FrozenEncoders
 from ..objectives.base import Objective
 from .errors import per_sample_errors, target_for
 from .inversion import ddim_inversion_latents
@@ -27,8 +28,11 @@ from .reference import reference_unet
 
 
 class TrainStep:
-    def __init__(self, objective: Objective, vae, text_encoder, noise_scheduler, frozen_reference, accelerator):
+    def __init__(self, objective: Objective, vae, text_encoder, noise_scheduler, frozen_reference, accelerator,
+                 cache: EncodingCache | None = None):
+        """``cache``: frozen-encoder outputs on disk (data.encoding_cache); the VAE/text encoder run only on misses."""
         self.objective, self.vae, self.text_encoder = objective, vae, text_encoder
+        self.encoders = FrozenEncoders(vae, text_encoder, cache)
         self.noise_scheduler, self.frozen_reference, self.accelerator = noise_scheduler, frozen_reference, accelerator
         self.scaling = vae.config.scaling_factor
         if hasattr(objective, "cross_process_mean"):  # KTO's reference point is averaged over processes
@@ -57,15 +61,15 @@ class TrainStep:
 
     @torch.no_grad()
     def _inputs(self, unet, batch: dict):
-        device, dtype = self.accelerator.device, self.vae.dtype
+        device = self.accelerator.device
         generators = seeded_generators(batch["seeds"])  # [G]
-        posterior = self.vae.encode(batch["pixels"].to(device, dtype)).latent_dist
-        images = sample_latents(posterior, [generators[g] for g in batch["image_group"].tolist()])
+        mean, std = self.encoders.posterior(batch["pixels"])  # [N, C, h, w] each
+        images = sample_latents(mean, std, [generators[g] for g in batch["image_group"].tolist()])
         images = images.float() * self.scaling  # [N, C, h, w]
         eps, t = group_noise(images.shape[1:], generators, self.noise_scheduler.config.num_train_timesteps)
         rows, groups = batch["row_image"].to(device), batch["row_group"]
         x0, noise, t = images[rows], eps.to(device)[groups.to(device)], t.to(device)[groups.to(device)]  # [R, ...]
-        text = self.text_encoder(batch["input_ids"].to(device))[0][batch["row_text"].to(device)]  # [R, 77, D]
+        text = self.encoders.text(batch["input_ids"])[batch["row_text"].to(device)]  # [R, 77, D]
         if self.objective.noising == "ddim_inversion":
             # InPO: x_t comes from inverting x0 (with the policy itself by default); the target is reparameterised.
             policy = self.accelerator.unwrap_model(unet)
