@@ -67,6 +67,8 @@ class TrainConfig:
     max_nonfinite_updates: int = 5  # a non-finite loss/gradient skips its update; this many in a row stops the run
     mixed_precision: str = "no"  # "no", "fp16" or "bf16" (errors are reduced in float32 regardless)
     gradient_checkpointing: bool = False
+    channels_last: bool = False  # UNet weights/activations in channels-last memory format (often faster on GPU)
+    compile: bool = False  # torch.compile the policy UNet (accelerate's dynamo, inductor backend)
     seed: int = 0
     checkpoint_every: int = 0  # optimizer steps between accelerate checkpoints (0 = none)
     checkpoints_total_limit: int = 3  # keep only the newest N complete checkpoints (0 = keep all)

@@ -85,6 +85,7 @@ def make_accelerator(cfg: Config) -> Accelerator:
         gradient_accumulation_steps=cfg.train.grad_accum,
         mixed_precision=cfg.train.mixed_precision,
         log_with=report_to,
+        dynamo_backend="inductor" if cfg.train.compile else None,
         # Checkpoint naming and pruning are diffalign's own (checkpointing.py): atomic, pruned after the save.
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
@@ -140,10 +141,17 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             reference.requires_grad_(False).eval().to(accelerator.device, dtype=weight_dtype)
     if cfg.train.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
+    if cfg.train.channels_last:
+        unet.to(memory_format=torch.channels_last)
     unet.train()  # from_pretrained returns eval mode
 
+    workers = cfg.data.num_workers
+    # Workers decode and transform ahead of the step; pinned memory makes the copy to a GPU asynchronous. Not
+    # persistent: each epoch's workers must copy the dataset with its new ``epoch`` (the per-example seeds).
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler,
-                                         collate_fn=collate, drop_last=True, num_workers=cfg.data.num_workers)
+                                         collate_fn=collate, drop_last=True, num_workers=workers,
+                                         pin_memory=accelerator.device.type == "cuda",
+                                         prefetch_factor=4 if workers else None)
     optimizer = make_optimizer(cfg, params)
     # accelerate steps the scheduler once per process per optimizer step, hence the num_processes factor.
     lr_scheduler = get_scheduler(cfg.train.lr_scheduler, optimizer,
