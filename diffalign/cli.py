@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     # `diffalign train ...` is dispatched in main() before parsing; listed here for --help.
     sub.add_parser("train", help="train (same arguments as `accelerate launch diffalign/train.py`)")
+    sub.add_parser("cache", help="encode the training data with the frozen VAE/text encoders into the encoding "
+                                 "cache (same arguments as train)")
     p = sub.add_parser("eval", help="generate with fixed seeds for a base model and its adapters, score, report")
     p.add_argument("--model", default=str(TOY_SD), help="base model: hub id or diffusers folder")
     p.add_argument("--lora", action="append", default=[], metavar="[NAME=]PATH[@SCALE]",
@@ -178,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         from .train import main as train_main
 
         return train_main(argv[1:])
+    if argv[:1] == ["cache"]:  # the trainer's arguments too
+        from .precompute import main as cache_main
+
+        return cache_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -70,3 +70,15 @@ def test_entries_are_content_addressed_and_survive_a_reopen(tmp_path):
     assert len(reopened) == 8 and reopened.get(f"img-{tensor_digest(pixels[0])}-std") is not None
     assert tensor_digest(pixels[0]) != tensor_digest(pixels[0].double())  # dtype is part of the key
     assert not list(tmp_path.glob(".writing-*"))
+
+
+def test_diffalign_cache_precomputes_every_epoch_the_run_will_see(tmp_path, capsys):
+    """tdpo perturbs each caption afresh every epoch: the precompute walks all epochs of the run."""
+    from diffalign.cli import main
+
+    args = ["--config", str(REPO_ROOT / "configs/toy/tdpo.yaml"), *[x for k, v in FAST for x in (f"--{k}", v)],
+            "--data.cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "run")]
+    assert main(["cache", *args]) == 0
+    assert "over 2 epoch(s)" in capsys.readouterr().out
+    warm = train(_cfg(tmp_path / "run", tmp_path / "cache", "tdpo"))
+    assert warm["encoding_cache"]["encoder_calls"] == {"vae": 0, "text_encoder": 0}

@@ -1,0 +1,295 @@
+"""Training-step throughput and peak memory: diffalign's step against the compute floor and a naive step.
+
+    python benchmarks/train_throughput.py                          # toy + SD1.5-shaped UNets, CPU
+    python benchmarks/train_throughput.py --unets toy --methods dpo,mapo --steps 10
+    python benchmarks/train_throughput.py --device cuda --unets sd15 --latent 64 --pairs 8
+
+For each UNet and objective, three steps on the same micro-batch size, each timed in its own process (so peak
+memory is that step's alone) after warm-up steps:
+  diffalign  the trainer's step (core.step.TrainStep) + backward, LoRA rank 8, encodings from a warm cache
+  floor      the bare UNet work any implementation must do: forward+backward over the same rows, plus one
+             no-grad forward where the objective needs a reference (InPO: plus one no-grad forward per inversion
+             step), on ready-made latents and text states (no encoders, no noise bookkeeping, no loss)
+  naive      a step written like the reference scripts: VAE encode and text encode every step, noise from one
+             batch-wide stream, a separate frozen copy of the UNet as the reference
+The optimizer step is left out of all three (the same few LoRA tensors for each). Throughput is examples per
+second (pairs for image/caption-pair objectives, images for KTO) from the median step time. Peak memory: RSS
+high-water mark of the process on CPU (models included), ``torch.cuda.max_memory_allocated`` on CUDA.
+
+UNets: ``toy`` is the embedded toy SD (assets/toy-sd), on its own data. ``sd15`` is the real SD1.5 UNet, VAE and
+CLIP ViT-L text encoder architectures built from their configs with random weights (no download), on toy images
+resized to ``--latent`` x 8 pixels. Writes a table (stdout, and --markdown) and JSON (--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+METHODS = ["dpo", "mapo", "inpo", "kto", "tdpo", "tkto"]
+MODES = ["floor", "diffalign", "naive"]
+LORA = dict(rank=8, alpha=8.0, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+
+
+# ----------------------------------------------------------------------------------------------- models and data
+def sd15_components(seed: int = 0):
+    """SD1.5's UNet, VAE and text encoder architectures (configs of runwayml/stable-diffusion-v1-5), random."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from diffalign.models.tokenizer import build_clip_tokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+                        block_out_channels=(128, 256, 512, 512),
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                                        num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
+                                        hidden_act="quick_gelu", projection_dim=768))
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              num_train_timesteps=1000)
+    return unet, vae, text, build_clip_tokenizer(), scheduler
+
+
+def toy_components():
+    from diffalign.models.loading import load_sd_components
+    from diffalign.paths import TOY_SD
+
+    parts = load_sd_components(str(TOY_SD))
+    return parts.unet, parts.vae, parts.text_encoder, parts.tokenizer, parts.noise_scheduler
+
+
+def one_batch(method: str, tokenizer, pairs: int, resolution: int | None) -> dict:
+    """A real micro-batch of the method's toy data (``pairs`` examples), pixels resized to ``resolution``."""
+    from diffalign.config import load_config
+    from diffalign.data.factory import build_training_data
+    from diffalign.objectives import get_objective
+
+    cfg = load_config(REPO / "configs" / "toy" / f"{method}.yaml")
+    objective = get_objective(method, **cfg.objective)
+    dataset, sampler, collate = build_training_data(cfg.data, objective.pair_axis, tokenizer, 0, pairs)
+    batch = collate([dataset[i] for i in list(sampler)[:pairs]])
+    if resolution and resolution != batch["pixels"].shape[-1]:
+        batch["pixels"] = torch.nn.functional.interpolate(batch["pixels"], size=resolution, mode="bilinear")
+    return batch
+
+
+# --------------------------------------------------------------------------------------------------- the steps
+def make_step(mode: str, method: str, unet, vae, text_encoder, scheduler, batch: dict, device: torch.device):
+    """A zero-argument callable doing one micro-step of ``mode`` (forward + backward); returns nothing."""
+    from accelerate import Accelerator
+
+    from diffalign.core.step import TrainStep
+    from diffalign.data.encoding_cache import EncodingCache
+    from diffalign.models.lora import attach_lora
+    from diffalign.objectives import get_objective
+    from diffalign.config import load_config
+
+    objective = get_objective(method, **load_config(REPO / "configs" / "toy" / f"{method}.yaml").objective)
+    reference_copy = copy.deepcopy(unet).requires_grad_(False).eval() if mode == "naive" and \
+        objective.needs_reference else None
+    params = attach_lora(unet, **LORA)
+    unet.train()
+    rows = len(batch["row_image"])
+    scaling = vae.config.scaling_factor
+
+    if mode == "diffalign":
+        accelerator = Accelerator(cpu=device.type == "cpu")
+        unet = accelerator.prepare(unet)
+        cache = EncodingCache(Path(tempfile.mkdtemp(prefix="bench-cache-")))
+        step_fn = TrainStep(objective, vae, text_encoder, scheduler, None, accelerator, cache)
+
+        def step():
+            loss, _ = step_fn(unet, batch)
+            loss.backward()
+            unet.zero_grad(set_to_none=True)
+        return step
+
+    if mode == "floor":
+        with torch.no_grad():  # ready-made inputs of the step's shapes (what a perfect pipeline would hand over)
+            mean = vae.encode(batch["pixels"][:1].to(device)).latent_dist.mean
+        x = torch.randn(rows, *mean.shape[1:], device=device)
+        text = torch.randn(rows, 77, text_encoder.config.hidden_size, device=device)
+        t = torch.randint(0, 1000, (rows,), device=device)
+        extra_forwards = (1 if objective.needs_reference else 0) + (
+            objective.inversion_options["steps"] if objective.noising == "ddim_inversion" else 0)
+
+        def step():
+            if extra_forwards:
+                with torch.inference_mode():
+                    unet.disable_adapters()
+                    for _ in range(extra_forwards):
+                        unet(x, t, text)
+                    unet.enable_adapters()
+            unet(x, t, text).sample.float().pow(2).mean().backward()
+            unet.zero_grad(set_to_none=True)
+        return step
+
+    # naive: the reference scripts' shape of step
+    from diffalign.core.errors import target_for
+
+    def step():
+        with torch.no_grad():
+            latents = vae.encode(batch["pixels"].to(device)).latent_dist.sample() * scaling  # [N, C, h, w]
+            states = text_encoder(batch["input_ids"].to(device))[0]  # [U, 77, D]
+        x0 = latents[batch["row_image"].to(device)]
+        text = states[batch["row_text"].to(device)]
+        groups = batch["row_group"].to(device)
+        g = int(groups.max()) + 1
+        noise = torch.randn(g, *x0.shape[1:], device=device)[groups]
+        t = torch.randint(0, 1000, (g,), device=device)[groups]
+        x_t = scheduler.add_noise(x0, noise, t)
+        target = target_for(scheduler, x0, noise, t)
+        if objective.noising == "ddim_inversion":  # the inversion forwards, as diffalign's step does them
+            from diffalign.core.inversion import ddim_inversion_latents
+
+            gens = [torch.Generator().manual_seed(i) for i in range(rows)]
+            with torch.no_grad():
+                x_t, noise = ddim_inversion_latents(unet, scheduler, x0, t, text, gens,
+                                                    **objective.inversion_options)
+            target = target_for(scheduler, x0, noise, t)
+        policy = (unet(x_t, t, text).sample.float() - target).pow(2).mean(dim=(1, 2, 3))
+        ref = None
+        if reference_copy is not None:
+            with torch.no_grad():
+                ref = (reference_copy(x_t, t, text).sample.float() - target).pow(2).mean(dim=(1, 2, 3))
+        loss, _ = objective.row_loss(policy, ref, batch)
+        loss.backward()
+        unet.zero_grad(set_to_none=True)
+    return step
+
+
+def worker(args) -> dict:
+    """One (UNet, method, mode) measurement in this process."""
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    device = torch.device(args.device)
+    if args.unet == "toy":
+        unet, vae, text_encoder, tokenizer, scheduler = toy_components()
+        resolution = None
+    else:
+        unet, vae, text_encoder, tokenizer, scheduler = sd15_components()
+        resolution = args.latent * 8
+    for frozen in (vae, text_encoder):
+        frozen.requires_grad_(False).eval().to(device)
+    unet.to(device)
+    batch = one_batch(args.method, tokenizer, args.pairs, resolution)
+    step = make_step(args.mode, args.method, unet, vae, text_encoder, scheduler, batch, device)
+    for _ in range(args.warmup):  # the first diffalign step also fills the encoding cache
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"unet": args.unet, "method": args.method, "mode": args.mode, "examples": args.pairs,
+            "rows": len(batch["row_image"]), "step_seconds": times, "median_seconds": statistics.median(times),
+            "examples_per_second": args.pairs / statistics.median(times), "peak_memory_mb": peak / 2**20}
+
+
+# ----------------------------------------------------------------------------------------------- orchestration
+def run_all(args) -> list[dict]:
+    """Every (UNet, method, mode) in its own process; ``--rounds`` passes, keeping each one's fastest median
+    (a shared 2-core machine is noisy: the best of several runs is the least disturbed one)."""
+    best: dict[tuple, dict] = {}
+    for round_ in range(args.rounds):
+        for unet in args.unets.split(","):
+            pairs = args.pairs or (16 if unet == "toy" else 2)
+            for method in args.methods.split(","):
+                for mode in MODES:
+                    command = [sys.executable, __file__, "--worker", "--unet", unet, "--method", method, "--mode",
+                               mode, "--pairs", str(pairs), "--steps", str(args.steps), "--warmup", str(args.warmup),
+                               "--device", args.device, "--latent", str(args.latent), "--threads", str(args.threads)]
+                    done = subprocess.run(command, capture_output=True, text=True,
+                                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
+                    if done.returncode:
+                        raise SystemExit(f"{unet}/{method}/{mode} failed:\n{done.stderr[-3000:]}")
+                    result = json.loads(done.stdout.strip().splitlines()[-1])
+                    key = (unet, method, mode)
+                    if key not in best or result["median_seconds"] < best[key]["median_seconds"]:
+                        best[key] = result
+                    print(f"round {round_ + 1}: {unet:5s} {method:5s} {mode:9s} {result['examples_per_second']:8.2f} "
+                          f"ex/s  {result['peak_memory_mb']:8.0f} MB", file=sys.stderr)
+    return list(best.values())
+
+
+def table(results: list[dict]) -> str:
+    by = {(r["unet"], r["method"], r["mode"]): r for r in results}
+    lines = ["| UNet | method | diffalign ex/s | floor ex/s | diffalign / floor | naive ex/s | diffalign / naive "
+             "| peak MB diffalign | peak MB naive |", "|---|---|---|---|---|---|---|---|---|"]
+    for unet, method in dict.fromkeys((r["unet"], r["method"]) for r in results):
+        d, f, n = (by.get((unet, method, m)) for m in MODES[1:2] + MODES[:1] + MODES[2:])
+        lines.append(f"| {unet} | {method} | {d['examples_per_second']:.2f} | {f['examples_per_second']:.2f} | "
+                     f"{d['examples_per_second'] / f['examples_per_second']:.2f} | "
+                     f"{n['examples_per_second']:.2f} | {d['examples_per_second'] / n['examples_per_second']:.2f}× | "
+                     f"{d['peak_memory_mb']:.0f} | {n['peak_memory_mb']:.0f} |")
+    for unet in dict.fromkeys(r["unet"] for r in results):
+        if (unet, "dpo", "diffalign") in by and (unet, "mapo", "diffalign") in by:
+            ratio = by[(unet, "mapo", "diffalign")]["examples_per_second"] / \
+                by[(unet, "dpo", "diffalign")]["examples_per_second"]
+            lines.append(f"\n{unet}: mapo / dpo pairs per second = {ratio:.2f}×")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--unets", default="toy,sd15")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--pairs", type=int, default=0, help="examples per micro-batch (default: toy 16, sd15 2)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="passes over everything; each keeps its best")
+    parser.add_argument("--latent", type=int, default=16, help="sd15 latent side (images are 8x that)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/throughput-<device>.json)")
+    parser.add_argument("--markdown", default=None, help="also write the table to this file")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--unet", help=argparse.SUPPRESS)
+    parser.add_argument("--method", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+    results = run_all(args)
+    text = table(results)
+    print(text)
+    machine = {"device": args.device, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+               "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None}
+    out = Path(args.out or REPO / "benchmarks" / "results" / f"throughput-{args.device}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine, "args": vars(args), "results": results}, indent=2))
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+    print(f"written: {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
