@@ -20,6 +20,7 @@ class ModelConfig:
     pretrained: str = "assets/toy-sd"  # hub id or local diffusers folder of the base pipeline
     revision: str | None = None  # hub revision (branch, tag or commit)
     variant: str | None = None  # weight variant on the hub, e.g. "fp16"
+    vae: str | None = None  # another VAE (hub id or folder), e.g. madebyollin/sdxl-vae-fp16-fix (SDXL in fp16)
     trust_remote_code: bool = False  # run code shipped with a hub model (e.g. data.perturber_model); off unless set
 
 

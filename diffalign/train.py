@@ -31,7 +31,8 @@ from diffalign.checkpointing import BrokenCheckpoint, resume as resume_from, sav
 from diffalign.config import Config, ConfigError, load_config
 from diffalign.core.step import TrainStep
 from diffalign.data.factory import build_training_data
-from diffalign.models.loading import load_sd_components, load_tokenizer
+from diffalign.models.conditioning import conditioner_for
+from diffalign.models.loading import load_sd_components, load_tokenizer, pipeline_class
 from diffalign.models.lora import attach_lora, save_lora
 from diffalign.models.lora_checkpoint import register_lora_checkpointing
 from diffalign.objectives import get_objective
@@ -125,10 +126,15 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                                                         per_update, cfg.model.trust_remote_code)
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    parts = load_sd_components(cfg.model.pretrained, cfg.model.revision, cfg.model.variant, tokenizer)
+    parts = load_sd_components(cfg.model.pretrained, cfg.model.revision, cfg.model.variant, tokenizer,
+                               vae=cfg.model.vae)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    for frozen in (parts.vae, parts.text_encoder):
-        frozen.requires_grad_(False).eval().to(accelerator.device, dtype=weight_dtype)
+    # SDXL's VAE overflows in fp16: it stays float32 unless a replacement VAE (model.vae, e.g. the fp16-fix) is set.
+    vae_dtype = torch.float32 if parts.kind == "sdxl" and not cfg.model.vae else weight_dtype
+    parts.vae.requires_grad_(False).eval().to(accelerator.device, dtype=vae_dtype)
+    for frozen in (parts.text_encoder, parts.text_encoder_2):
+        if frozen is not None:
+            frozen.requires_grad_(False).eval().to(accelerator.device, dtype=weight_dtype)
     unet = parts.unet
     reference = None
     if cfg.lora.enabled:
@@ -161,7 +167,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     if cfg.lora.enabled:
         register_lora_checkpointing(accelerator, unet)  # checkpoints hold the adapter, not the frozen base
     cache = open_encoding_cache(cfg, weight_dtype, accelerator.process_index) if cfg.data.cache_encodings else None
-    step_fn = TrainStep(objective, parts.vae, parts.text_encoder, parts.noise_scheduler, reference, accelerator,
+    step_fn = TrainStep(objective, parts.vae, conditioner_for(parts), parts.noise_scheduler, reference, accelerator,
                         cache)
 
     updates_per_epoch = len(loader) // cfg.train.grad_accum  # exact: the sampler trims epochs to whole updates
@@ -252,7 +258,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(unet)
         if cfg.lora.enabled:
-            summary["lora"] = str(save_lora(final, out))
+            summary["lora"] = str(save_lora(final, out, pipeline_class(parts.kind)))
         else:
             final.save_pretrained(out / "unet", safe_serialization=True)
             summary["unet"] = str(out / "unet")
@@ -277,7 +283,8 @@ def open_encoding_cache(cfg: Config, dtype: torch.dtype, process_index: int = 0)
     files = sorted(source.rglob("*.parquet")) if source.is_dir() else [source] if source.is_file() else []
     identity = {"source": str(source.resolve()) if files else d.source, "split": d.split,
                 "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files],
-                "resolution": d.resolution, "random_crop": d.random_crop, "random_flip": d.random_flip}
+                "resolution": d.resolution, "random_crop": d.random_crop, "random_flip": d.random_flip,
+                "vae": cfg.model.vae}
     if d.random_crop:
         logger.warning("data.cache_encodings with data.random_crop: every crop is a new view, so the cache "
                        "rarely hits; turn random_crop off to gain from it")

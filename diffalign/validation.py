@@ -11,14 +11,24 @@ from .toy.grid import save_grid
 from .toy.sampling import generate
 
 
+def sampling_pipeline(parts, unet, scheduler):
+    """A diffusers pipeline (SD or SDXL, as ``parts.kind``) around the in-training UNet and the frozen parts."""
+    from .models.loading import pipeline_class
+
+    common = dict(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=unet,
+                  scheduler=scheduler)
+    if getattr(parts, "kind", "sd") == "sdxl":
+        return pipeline_class("sdxl")(text_encoder_2=parts.text_encoder_2, tokenizer_2=parts.tokenizer_2,
+                                      add_watermarker=False, **common)
+    return StableDiffusionPipeline(safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+                                   **common)
+
+
 @torch.no_grad()
 def validation_grid(parts, unet, prompts: list[str], out_path: Path, pretrained: str, seeds=(0, 1, 2, 3),
                     num_inference_steps: int = 25, guidance_scale: float = 5.0) -> Path:
     """One row per prompt, one column per seed, from the in-training UNet (adapters on)."""
-    pipe = StableDiffusionPipeline(
-        vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=unet,
-        scheduler=DDIMScheduler.from_pretrained(pretrained, subfolder="scheduler"), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False)
+    pipe = sampling_pipeline(parts, unet, DDIMScheduler.from_pretrained(pretrained, subfolder="scheduler"))
     was_training = unet.training
     unet.eval()
     device_type = next(unet.parameters()).device.type

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from ..models.conditioning import cast_floats, take_rows
+
 
 def grid_destinations(num_train_timesteps: int, steps: int, offset: int = 1) -> list[int]:
     """Destination levels u of the inversion grid, ascending (T=1000, 10 steps, offset 1: 1, 101, ..., 901)."""
@@ -68,7 +70,7 @@ def ddim_inversion_latents(unet, scheduler, x0: torch.Tensor, t: torch.Tensor, t
         xs = x[active]
         dtype = next(unet.parameters()).dtype
         out = unet(xs.to(dtype), level_u, text[active].to(dtype),
-                   **{k: v[active] for k, v in unet_kwargs.items()}).sample.float()
+                   **cast_floats(take_rows(unet_kwargs, active), dtype)).sample.float()
         eps_hat = _as_epsilon(scheduler, out, xs, abar_u)  # the UNet was told it is at level u
         x_u = abar_u.sqrt() * (xs - (1 - abar_s).sqrt() * eps_hat) / abar_s.sqrt() + (1 - abar_u).sqrt() * eps_hat
         if eta > 0:

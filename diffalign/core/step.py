@@ -20,6 +20,7 @@ from contextlib import nullcontext
 import torch
 
 from ..data.encoding_cache import EncodingCache, FrozenEncoders
+from ..models.conditioning import cast_floats, take_rows
 from ..objectives.base import Objective
 from .errors import per_sample_errors, target_for
 from .inversion import ddim_inversion_latents
@@ -28,11 +29,13 @@ from .reference import reference_unet
 
 
 class TrainStep:
-    def __init__(self, objective: Objective, vae, text_encoder, noise_scheduler, frozen_reference, accelerator,
+    def __init__(self, objective: Objective, vae, text, noise_scheduler, frozen_reference, accelerator,
                  cache: EncodingCache | None = None):
-        """``cache``: frozen-encoder outputs on disk (data.encoding_cache); the VAE/text encoder run only on misses."""
-        self.objective, self.vae, self.text_encoder = objective, vae, text_encoder
-        self.encoders = FrozenEncoders(vae, text_encoder, cache)
+        """``text``: the text encoder (SD) or a conditioner (models/conditioning.py: SD or SDXL).
+        ``cache``: frozen-encoder outputs on disk (data.encoding_cache); the encoders run only on misses."""
+        self.objective, self.vae = objective, vae
+        self.encoders = FrozenEncoders(vae, text, cache)
+        self.conditioner = self.encoders.conditioner
         self.noise_scheduler, self.frozen_reference, self.accelerator = noise_scheduler, frozen_reference, accelerator
         self.scaling = vae.config.scaling_factor
         if hasattr(objective, "cross_process_mean"):  # KTO's reference point is averaged over processes
@@ -57,7 +60,8 @@ class TrainStep:
         x = torch.zeros(1, config.in_channels, side, side, device=self.accelerator.device)  # [1, C, s, s]
         text = torch.zeros(1, 77, config.cross_attention_dim, device=self.accelerator.device)  # [1, 77, D]
         t = torch.zeros(1, dtype=torch.long, device=self.accelerator.device)
-        return 0.0 * unet(x, t, encoder_hidden_states=text).sample.float().sum()
+        extra = self.conditioner.dummy_unet_kwargs(1, self.accelerator.device)
+        return 0.0 * unet(x, t, encoder_hidden_states=text, **extra).sample.float().sum()
 
     @torch.no_grad()
     def _inputs(self, unet, batch: dict):
@@ -69,7 +73,12 @@ class TrainStep:
         eps, t = group_noise(images.shape[1:], generators, self.noise_scheduler.config.num_train_timesteps)
         rows, groups = batch["row_image"].to(device), batch["row_group"]
         x0, noise, t = images[rows], eps.to(device)[groups.to(device)], t.to(device)[groups.to(device)]  # [R, ...]
-        text = self.encoders.text(batch["input_ids"])[batch["row_text"].to(device)]  # [R, 77, D]
+        row_text = batch["row_text"].to(device)
+        encoded = self.encoders.text(batch["input_ids"])  # (states [U, 77, D],) or SDXL (states, pooled [U, P])
+        text = encoded[0][row_text]  # [R, 77, D]
+        pooled = encoded[1][row_text] if len(encoded) > 1 else None
+        meta = batch["image_meta"].to(device)[rows] if "image_meta" in batch else None  # [R, 6]
+        unet_kwargs = self.conditioner.unet_kwargs(pooled, meta)
         if self.objective.noising == "ddim_inversion":
             # InPO: x_t comes from inverting x0 (with the policy itself by default); the target is reparameterised.
             policy = self.accelerator.unwrap_model(unet)
@@ -77,31 +86,34 @@ class TrainStep:
             with (reference_unet(policy, self.frozen_reference) if by_reference else nullcontext(policy)) as inverter:
                 x_t, noise = ddim_inversion_latents(inverter, self.noise_scheduler, x0, t, text,
                                                     [generators[g] for g in groups.tolist()],
-                                                    **self.objective.inversion_options)
+                                                    **self.objective.inversion_options, **unet_kwargs)
         else:
             x_t = self.noise_scheduler.add_noise(x0, noise, t)
-        return x_t, t, text, target_for(self.noise_scheduler, x0, noise, t)
+        return x_t, t, text, target_for(self.noise_scheduler, x0, noise, t), unet_kwargs
 
     def __call__(self, unet, batch: dict) -> tuple[torch.Tensor, dict]:
         if batch.get("rows") == 0:  # every example of this micro-batch was a skipped bad sample
             return self._no_rows_loss(unet), {}
         batch = self.objective.prepare_batch(batch)
-        x_t, t, text, target = self._inputs(unet, batch)  # float32; the prepared UNet autocasts
+        x_t, t, text, target, extra = self._inputs(unet, batch)  # float32; the prepared UNet autocasts
         detached = batch.get("row_detached")
         if detached is None:
-            policy = per_sample_errors(unet, x_t, t, text, target)  # [R] float32
+            policy = per_sample_errors(unet, x_t, t, text, target, **extra)  # [R] float32
         else:  # rows that only inform the loss (no gradient) run without building a graph
             live = ~detached.to(x_t.device)
             policy = x_t.new_zeros(len(x_t))
-            policy[live] = per_sample_errors(unet, x_t[live], t[live], text[live], target[live])
+            policy[live] = per_sample_errors(unet, x_t[live], t[live], text[live], target[live],
+                                             **take_rows(extra, live))
             with torch.no_grad():
-                policy[~live] = per_sample_errors(unet, x_t[~live], t[~live], text[~live], target[~live])
+                policy[~live] = per_sample_errors(unet, x_t[~live], t[~live], text[~live], target[~live],
+                                                  **take_rows(extra, ~live))
         ref = None
         if self.objective.needs_reference:
             # The unwrapped module has no autocast wrapper of its own, so enter accelerate's explicitly.
             # inference_mode: no autograd bookkeeping at all (a little cheaper than no_grad).
             with torch.inference_mode(), self.accelerator.autocast(), \
                     reference_unet(self.accelerator.unwrap_model(unet), self.frozen_reference) as r:
-                ref = per_sample_errors(r, x_t.to(r.dtype), t, text.to(r.dtype), target)
+                ref = per_sample_errors(r, x_t.to(r.dtype), t, text.to(r.dtype), target,
+                                        **cast_floats(extra, r.dtype))
             ref = ref.clone()  # [R]; an ordinary tensor again, as the loss combines it with the policy's under autograd
         return self.objective.row_loss(policy, ref, batch)

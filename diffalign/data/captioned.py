@@ -39,9 +39,10 @@ class CaptionedImages(TableExamples):
         if not isinstance(caption, str) or not caption.strip():
             raise BadSample(f"{where} column caption: TPO needs a non-empty caption to perturb; got {caption!r}")
         image = self.image(record, "image", where)
-        pixels = paired_transform([image], self.cfg.resolution, self.cfg.random_crop, self.cfg.random_flip, rng)
+        pixels, meta = paired_transform([image], self.cfg.resolution, self.cfg.random_crop, self.cfg.random_flip,
+                                        rng)
         negative = self.negative(caption, record, rng, where)
-        return {"pixels": pixels[0], "input_ids": self.tokenize(caption), "negative_ids": self.tokenize(negative),
+        return {"pixels": pixels[0], "image_meta": meta[0], "input_ids": self.tokenize(caption), "negative_ids": self.tokenize(negative),
                 "seed": seed}
 
 
@@ -52,7 +53,8 @@ def collate_caption_pairs(examples: list[dict]) -> dict:
         return {"rows": 0, "skipped": skipped}
     b = len(examples)
     image = torch.arange(b).repeat(2)  # [2B]
-    return {"skipped": skipped, "pixels": torch.stack([e["pixels"] for e in examples]), "image_group": torch.arange(b),
+    return {"skipped": skipped, "pixels": torch.stack([e["pixels"] for e in examples]),
+            "image_meta": torch.stack([e["image_meta"] for e in examples]), "image_group": torch.arange(b),
             "input_ids": torch.stack([e["input_ids"] for e in examples] + [e["negative_ids"] for e in examples]),
             "seeds": torch.tensor([e["seed"] for e in examples], dtype=torch.int64),
             "row_image": image, "row_text": torch.arange(2 * b), "row_group": image,

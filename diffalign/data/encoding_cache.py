@@ -108,14 +108,18 @@ class EncodingCache:
 
 
 class FrozenEncoders:
-    """The VAE posterior of images and the text encoder's states of captions, through an optional cache.
+    """The VAE posterior of images and the text conditioning of captions, through an optional cache.
 
-    Without a cache every call runs the encoders; with one, only the inputs never seen run (batched), and their
-    outputs are stored. ``calls`` counts the encoder invocations (the warm-cache test reads it).
+    ``text``: a text encoder (SD) or a conditioner (models/conditioning.py; SDXL has two encoders and a pooled
+    output). Without a cache every call runs the encoders; with one, only the inputs never seen run (batched),
+    and their outputs are stored. ``calls`` counts the encoder invocations (the warm-cache test reads it).
     """
 
-    def __init__(self, vae, text_encoder, cache: EncodingCache | None = None):
-        self.vae, self.text_encoder, self.cache = vae, text_encoder, cache
+    def __init__(self, vae, text, cache: EncodingCache | None = None):
+        from ..models.conditioning import SDConditioner
+
+        self.vae, self.cache = vae, cache
+        self.conditioner = text if isinstance(text, SDConditioner) or text is None else SDConditioner(text)
         self.calls = {"vae": 0, "text_encoder": 0}
 
     def _encode_images(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,9 +127,9 @@ class FrozenEncoders:
         posterior = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist
         return posterior.mean, posterior.std
 
-    def _encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def _encode_text(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
         self.calls["text_encoder"] += 1
-        return self.text_encoder(input_ids.to(self.text_encoder.device))[0]
+        return self.conditioner.encode(input_ids)
 
     @torch.no_grad()
     def posterior(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,12 +140,12 @@ class FrozenEncoders:
         return tuple(self._cached(keys, pixels, self._encode_images, ("mean", "std")))
 
     @torch.no_grad()
-    def text(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids [U, 77] -> last hidden states [U, 77, D]."""
+    def text(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """input_ids [U, 77] (SDXL [U, 2, 77]) -> (states [U, 77, D],) or, SDXL, (states, pooled [U, P])."""
         if self.cache is None:
             return self._encode_text(input_ids)
         keys = [f"txt-{tensor_digest(ids)}" for ids in input_ids]
-        return self._cached(keys, input_ids, lambda x: (self._encode_text(x),), ("",))[0]
+        return tuple(self._cached(keys, input_ids, self._encode_text, self.conditioner.text_parts))
 
     def _cached(self, keys: list[str], inputs: torch.Tensor, encode, parts: tuple[str, ...]) -> list[torch.Tensor]:
         def name(key, part):

@@ -36,9 +36,14 @@ def decode_image(data, where: str, resolution: int | None = None) -> Image.Image
 
 
 def paired_transform(images: list[Image.Image], resolution: int, random_crop: bool, random_flip: bool,
-                     rng: np.random.Generator) -> torch.Tensor:
-    """Same resize/crop/flip for every image -> float tensor [len(images), 3, res, res] in [-1, 1]."""
-    out = []
+                     rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same resize/crop/flip for every image -> (pixels [K, 3, res, res] in [-1, 1], meta [K, 6]).
+
+    ``meta`` is SDXL's micro-conditioning per image, as diffusers' SDXL training scripts compute it:
+    (original height, original width, crop top, crop left, target height, target width), the crop in the
+    resized image's pixels and mirrored when flipped. SD 1.x/2.x ignore it.
+    """
+    out, meta = [], []
     first = images[0]
     scale = resolution / min(first.size)
     size = (max(resolution, round(first.width * scale)), max(resolution, round(first.height * scale)))
@@ -47,13 +52,15 @@ def paired_transform(images: list[Image.Image], resolution: int, random_crop: bo
     top = int(rng.integers(0, top_max + 1)) if random_crop else top_max // 2
     flip = random_flip and rng.random() < 0.5
     for im in images:
+        meta.append([im.height, im.width, top, size[0] - left - resolution if flip else left, resolution,
+                     resolution])
         im = im.resize(size, Image.BICUBIC) if im.size != size else im
         im = im.crop((left, top, left + resolution, top + resolution))
         if flip:
             im = im.transpose(Image.FLIP_LEFT_RIGHT)
         arr = torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1)
         out.append(arr / 127.5 - 1.0)
-    return torch.stack(out)
+    return torch.stack(out), torch.tensor(meta, dtype=torch.float32)
 
 
 class TableExamples(torch.utils.data.Dataset):
@@ -109,9 +116,16 @@ class TableExamples(torch.utils.data.Dataset):
         return "" if rng.random() < self.cfg.caption_dropout else caption
 
     def tokenize(self, caption: str) -> torch.Tensor:
-        """[77] token ids, padded/truncated to the tokenizer's window."""
-        return self.tokenizer(caption, padding="max_length", max_length=self.tokenizer.model_max_length,
-                              truncation=True, return_tensors="pt").input_ids[0]
+        """[77] token ids, padded/truncated to the tokenizer's window; [K, 77] when the model has K tokenizers
+        (SDXL: 2)."""
+        if isinstance(self.tokenizer, (list, tuple)):
+            return torch.stack([_token_ids(t, caption) for t in self.tokenizer])
+        return _token_ids(self.tokenizer, caption)
+
+
+def _token_ids(tokenizer, caption: str) -> torch.Tensor:
+    return tokenizer(caption, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids[0]
 
 
 def without_skipped(examples: list[dict]) -> tuple[list[dict], int]:

@@ -31,8 +31,9 @@ class FeedbackImages(TableExamples):
     def load(self, i: int) -> dict:
         row, record, where, seed, rng = self.example(i)
         image = self.image(record, "image", where)
-        pixels = paired_transform([image], self.cfg.resolution, self.cfg.random_crop, self.cfg.random_flip, rng)
-        return {"pixels": pixels[0], "input_ids": self.tokenize(self.caption_or_empty(record, rng, where)), "seed": seed,
+        pixels, meta = paired_transform([image], self.cfg.resolution, self.cfg.random_crop, self.cfg.random_flip,
+                                        rng)
+        return {"pixels": pixels[0], "image_meta": meta[0], "input_ids": self.tokenize(self.caption_or_empty(record, rng, where)), "seed": seed,
                 "label": 1.0 if self.labels[i] == 1 else -1.0}
 
 
@@ -42,7 +43,8 @@ def collate_singles(examples: list[dict]) -> dict:
     if not examples:
         return {"rows": 0, "skipped": skipped}
     b = torch.arange(len(examples))
-    return {"skipped": skipped, "pixels": torch.stack([e["pixels"] for e in examples]), "image_group": b,
+    return {"skipped": skipped, "pixels": torch.stack([e["pixels"] for e in examples]),
+            "image_meta": torch.stack([e["image_meta"] for e in examples]), "image_group": b,
             "input_ids": torch.stack([e["input_ids"] for e in examples]),
             "seeds": torch.tensor([e["seed"] for e in examples], dtype=torch.int64),
             "row_image": b, "row_text": b, "row_group": b,

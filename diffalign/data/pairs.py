@@ -35,10 +35,11 @@ class PreferencePairs(TableExamples):
         row, record, where, seed, rng = self.example(i)
         first, second = ("jpg_0", "jpg_1") if self.labels[row] >= 0.5 else ("jpg_1", "jpg_0")
         images = [self.image(record, first, where), self.image(record, second, where)]
-        pixels = paired_transform(images, self.cfg.resolution, self.cfg.random_crop, self.cfg.random_flip, rng)
+        pixels, meta = paired_transform(images, self.cfg.resolution, self.cfg.random_crop, self.cfg.random_flip,
+                                        rng)
         ids = self.tokenize(self.caption_or_empty(record, rng, where))
-        # pixels [2, 3, res, res] (w, l); input_ids [77]; seed: the example's noise seed
-        return {"pixels": pixels, "input_ids": ids, "seed": seed}
+        # pixels [2, 3, res, res] (w, l); meta [2, 6]; input_ids [77] ([2, 77] for SDXL); seed: the noise seed
+        return {"pixels": pixels, "image_meta": meta, "input_ids": ids, "seed": seed}
 
 
 def collate_pairs(examples: list[dict]) -> dict:
@@ -48,9 +49,11 @@ def collate_pairs(examples: list[dict]) -> dict:
     if not examples:
         return {"rows": 0, "skipped": skipped}
     pixels = torch.stack([e["pixels"] for e in examples])  # [B, 2, 3, H, W]
+    meta = torch.stack([e["image_meta"] for e in examples])  # [B, 2, 6]
     b = len(examples)
     pair = torch.arange(b).repeat(2)  # [2B]: 0..B-1, 0..B-1
-    return {"pixels": torch.cat([pixels[:, 0], pixels[:, 1]]), "image_group": pair,
+    return {"pixels": torch.cat([pixels[:, 0], pixels[:, 1]]), "image_meta": torch.cat([meta[:, 0], meta[:, 1]]),
+            "image_group": pair,
             "input_ids": torch.stack([e["input_ids"] for e in examples]),
             "seeds": torch.tensor([e["seed"] for e in examples], dtype=torch.int64),
             "row_image": torch.arange(2 * b), "row_text": pair, "row_group": pair, "skipped": skipped}
