@@ -63,11 +63,12 @@ class TrainConfig:
     adam_beta2: float = 0.999
     weight_decay: float = 1e-2
     adam_eps: float = 1e-8
-    use_8bit_adam: bool = False  # bitsandbytes AdamW8bit (must be installed)
+    optimizer: str = "adamw"  # "adamw", "adamw_8bit" (bitsandbytes) or "adafactor" (fixed lr; SDXL full fine-tune)
     max_grad_norm: float = 1.0  # clip the global gradient norm to this (0 = no clipping)
     max_nonfinite_updates: int = 5  # a non-finite loss/gradient skips its update; this many in a row stops the run
     mixed_precision: str = "no"  # "no", "fp16" or "bf16" (errors are reduced in float32 regardless)
     gradient_checkpointing: bool = False
+    ema_reference_decay: float | None = None  # full fine-tune: the reference follows the policy as an EMA (else frozen)
     channels_last: bool = False  # UNet weights/activations in channels-last memory format (often faster on GPU)
     compile: bool = False  # torch.compile the policy UNet (accelerate's dynamo, inductor backend)
     seed: int = 0
@@ -280,6 +281,14 @@ def validate(cfg: Config, given: dict | None = None, overridden: set[str] = froz
         raise ConfigError(f"eval.prompt_set: expected persona, attributes or long; got {cfg.eval.prompt_set!r}")
     if cfg.lora.enabled and cfg.lora.rank < 1:
         raise ConfigError(f"lora.rank must be >= 1; got {cfg.lora.rank}")
+    if t.optimizer not in ("adamw", "adamw_8bit", "adafactor"):
+        raise ConfigError(f"train.optimizer: expected adamw, adamw_8bit or adafactor; got {t.optimizer!r}")
+    if t.ema_reference_decay is not None:
+        if cfg.lora.enabled or not objective.needs_reference:
+            raise ConfigError("train.ema_reference_decay needs full fine-tuning (lora.enabled: false) and a method "
+                              f"with a reference (not {cfg.method}); a LoRA reference is the adapter-free UNet")
+        if not 0 < t.ema_reference_decay < 1:
+            raise ConfigError(f"train.ema_reference_decay must be in (0, 1); got {t.ema_reference_decay}")
     for name in ("checkpoint_every", "checkpoints_total_limit", "validation_every"):
         if getattr(t, name) < 0:
             raise ConfigError(f"train.{name} must be >= 0; got {getattr(t, name)}")

@@ -93,16 +93,31 @@ def make_accelerator(cfg: Config) -> Accelerator:
 
 
 def make_optimizer(cfg: Config, params: list) -> torch.optim.Optimizer:
+    """train.optimizer: ``adamw``; ``adamw_8bit`` (bitsandbytes); ``adafactor`` (transformers', with a fixed lr:
+    no relative step or parameter scaling, as Diffusion-DPO's SDXL training uses it)."""
     t = cfg.train
+    if t.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=t.lr, weight_decay=t.weight_decay, scale_parameter=False, relative_step=False,
+                         warmup_init=False)
     optimizer_cls = torch.optim.AdamW
-    if t.use_8bit_adam:
+    if t.optimizer == "adamw_8bit":
         try:
             import bitsandbytes as bnb
         except ImportError as err:
-            raise ConfigError("train.use_8bit_adam needs bitsandbytes: pip install bitsandbytes") from err
+            raise ConfigError("train.optimizer adamw_8bit needs bitsandbytes: pip install bitsandbytes") from err
         optimizer_cls = bnb.optim.AdamW8bit
     return optimizer_cls(params, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.weight_decay,
                          eps=t.adam_eps)
+
+
+@torch.no_grad()
+def ema_update(reference: torch.nn.Module, policy: torch.nn.Module, decay: float) -> None:
+    """reference <- decay * reference + (1 - decay) * policy, parameter by parameter (full fine-tuning)."""
+    ref_params = list(reference.parameters())
+    policy_params = [p.detach().to(r.dtype) for p, r in zip(policy.parameters(), ref_params)]
+    torch._foreach_lerp_(ref_params, policy_params, 1.0 - decay)
 
 
 class NonFiniteTraining(RuntimeError):
@@ -119,7 +134,10 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     objective = get_objective(cfg.method, **cfg.objective)
 
     # The data first: a wrong column or an empty table is reported before gigabytes of weights load.
-    tokenizer = load_tokenizer(cfg.model.pretrained, cfg.model.revision)
+    try:
+        tokenizer = load_tokenizer(cfg.model.pretrained, cfg.model.revision)
+    except ValueError as err:  # an unsupported pipeline type or an unreadable checkpoint file
+        raise ConfigError(str(err)) from err
     per_update = cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes
     try:
         dataset, sampler, collate = build_training_data(cfg.data, objective.pair_axis, tokenizer, cfg.train.seed,
@@ -145,6 +163,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             reference = type(unet).from_config(unet.config)
             reference.load_state_dict(unet.state_dict())
             reference.requires_grad_(False).eval().to(accelerator.device, dtype=weight_dtype)
+            if cfg.train.ema_reference_decay is not None:
+                accelerator.register_for_checkpointing(reference)  # the moving reference is training state
     if cfg.train.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     if cfg.train.channels_last:
@@ -208,6 +228,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                     optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+            if accelerator.sync_gradients and finite and cfg.train.ema_reference_decay is not None:
+                ema_update(reference, accelerator.unwrap_model(unet), cfg.train.ema_reference_decay)
             if not accelerator.sync_gradients:
                 continue
             nonfinite_run = 0 if finite else nonfinite_run + 1

@@ -14,9 +14,9 @@ from diffalign.train import train
 NO_EFFECT_YET = pytest.mark.xfail(reason="no toy fidelity effect yet: see the README's TPO table", strict=True)
 
 
-def _run(tmp_path, method):
+def _run(tmp_path, method, extra=()):
     cfg = load_config(REPO_ROOT / f"configs/toy/{method}.yaml",
-                      [("output_dir", str(tmp_path / method)), ("train.report_to", "none")])
+                      [("output_dir", str(tmp_path / method)), ("train.report_to", "none")] + list(extra))
     return train(cfg)["comparison"]
 
 
@@ -24,6 +24,14 @@ def _run(tmp_path, method):
 @pytest.mark.parametrize("method", ["dpo", "mapo", "kto", "inpo"])
 def test_preference_methods_beat_the_base_on_their_persona(tmp_path, method):
     result = _run(tmp_path, method)
+    assert result["cases"] >= 200 and result["win_rate_ci"][0] > 0.5, result["text"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["dpo", "mapo"])
+def test_full_finetuning_beats_the_base_on_the_persona(tmp_path, method):
+    """The README's full fine-tune rows (lr 1e-4, the rest of the toy default; the reference a frozen copy)."""
+    result = _run(tmp_path, method, [("lora.enabled", "false"), ("train.lr", "1e-4")])
     assert result["cases"] >= 200 and result["win_rate_ci"][0] > 0.5, result["text"]
 
 

@@ -113,3 +113,124 @@ def test_trained_sdxl_lora_reloads_with_the_trainers_images(tiny_sdxl, tmp_path)
     pipe.load_lora_weights(summary["lora"])
     with_lora = pipe("a red circle", generator=torch.Generator().manual_seed(3), **kwargs).images
     assert abs(with_lora - without).max() > 1e-4
+
+
+def _spy_on_step(monkeypatch):
+    """Record the frozen reference and the UNet the trainer's step sees (a spy: the trainer runs unchanged)."""
+    from diffalign.core.step import TrainStep
+
+    seen, original_init, original_call = {}, TrainStep.__init__, TrainStep.__call__
+
+    def init(self, objective, vae, text, scheduler, frozen_reference, accelerator, cache=None):
+        seen["reference"] = frozen_reference
+        original_init(self, objective, vae, text, scheduler, frozen_reference, accelerator, cache)
+
+    def call(self, unet, batch):
+        seen["unet"] = self.accelerator.unwrap_model(unet)
+        return original_call(self, unet, batch)
+
+    monkeypatch.setattr(TrainStep, "__init__", init)
+    monkeypatch.setattr(TrainStep, "__call__", call)
+    return seen
+
+
+@pytest.mark.parametrize("method", ["dpo", "kto"])
+def test_a_sdxl_lora_step_changes_the_adapter_and_leaves_the_reference_weights(tiny_sdxl, tmp_path, monkeypatch,
+                                                                                method):
+    from diffusers import UNet2DConditionModel
+
+    seen = _spy_on_step(monkeypatch)
+    train(_cfg(tiny_sdxl, tmp_path, method, [("train.max_steps", "1")]))
+    base = UNet2DConditionModel.from_pretrained(tiny_sdxl, subfolder="unet").state_dict()
+    trained = seen["unet"].state_dict()
+    base_keys = [k for k in trained if "lora" not in k]
+    assert len(base_keys) == len(base)  # the reference = these weights with the adapters off
+    for key in base_keys:
+        assert torch.equal(trained[key], base[key.replace(".base_layer", "")]), key
+    assert any(v.abs().max() > 0 for k, v in trained.items() if "lora_B" in k)
+
+
+@pytest.mark.parametrize("method", ["dpo", "mapo", "inpo", "kto"])
+def test_a_sdxl_full_finetune_step_moves_the_unet_not_the_frozen_reference(tiny_sdxl, tmp_path, monkeypatch, method):
+    from diffusers import UNet2DConditionModel
+
+    seen = _spy_on_step(monkeypatch)
+    summary = train(_cfg(tiny_sdxl, tmp_path, method, [("lora.enabled", "false"), ("train.max_steps", "1"),
+                                                         ("train.optimizer", "adafactor"), ("train.lr", "1e-3")]))
+    base = UNet2DConditionModel.from_pretrained(tiny_sdxl, subfolder="unet").state_dict()
+    tuned = UNet2DConditionModel.from_pretrained(summary["unet"]).state_dict()
+    assert any(not torch.equal(tuned[k], base[k]) for k in base)
+    if method == "mapo":
+        assert seen["reference"] is None  # reference-free: no copy is made
+    else:
+        for k, v in seen["reference"].state_dict().items():
+            assert torch.equal(v, base[k]), k
+
+
+def test_a_sdxl_full_finetune_reloads_in_the_sdxl_pipeline(tiny_sdxl, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    summary = train(_cfg(tiny_sdxl, tmp_path, "dpo", [("lora.enabled", "false"), ("train.lr", "1e-3")]))
+    pipe = StableDiffusionXLPipeline.from_pretrained(
+        tiny_sdxl, unet=UNet2DConditionModel.from_pretrained(summary["unet"]))
+    image = pipe("a red circle", num_inference_steps=2, height=32, width=32, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images
+    assert image.shape == (1, 32, 32, 3) and (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_an_ema_reference_follows_the_policy_and_resumes(tiny_sdxl, tmp_path, monkeypatch):
+    from diffusers import UNet2DConditionModel
+
+    seen = _spy_on_step(monkeypatch)
+    extra = [("lora.enabled", "false"), ("train.lr", "1e-3"), ("train.ema_reference_decay", "0.5"),
+             ("train.checkpoint_every", "1")]
+    summary = train(_cfg(tiny_sdxl, tmp_path, "dpo", extra))
+    base = UNet2DConditionModel.from_pretrained(tiny_sdxl, subfolder="unet").state_dict()
+    tuned = UNet2DConditionModel.from_pretrained(summary["unet"]).state_dict()
+    reference = seen["reference"].state_dict()
+    moved = [k for k in base if not torch.equal(tuned[k], base[k])]
+    assert moved and any(not torch.equal(reference[k], base[k]) for k in moved)  # the reference moved too...
+    assert all(not torch.equal(reference[k], tuned[k]) for k in moved)  # ...but lags the policy
+    checkpoint = sorted((tmp_path / "checkpoints").glob("checkpoint_*"))[-1]
+    assert list(checkpoint.glob("custom_checkpoint_*"))  # its state is in every checkpoint
+
+
+@pytest.mark.parametrize("name", ["dpo_pickapic", "mapo_pickapic", "inpo_pickapic", "kto_pickapic",
+                                  "dpo_pickapic_full"])
+def test_sdxl_configs_run_the_same_code_path_on_the_tiny_sdxl(tiny_sdxl, tmp_path, name):
+    """configs/sdxl/*.yaml as shipped (gradient checkpointing, Adafactor for the full fine-tune, shared crop and
+    flip), pointed at the tiny SDXL and the toy data, on CPU in float32."""
+    source = "feedback_bold" if name.startswith("kto") else "pairs_bold"
+    cfg = load_config(REPO_ROOT / f"configs/sdxl/{name}.yaml", [
+        ("model.pretrained", str(tiny_sdxl)), ("model.vae", "null"),
+        ("data.source", str(REPO_ROOT / f"assets/toy-data/{source}.parquet")), ("data.resolution", "32"),
+        ("data.num_workers", "0"), ("data.max_pairs", "8"), ("train.batch_size", "2"), ("train.grad_accum", "1"),
+        ("train.max_steps", "1"), ("train.mixed_precision", "no"), ("train.validation_every", "1"),
+        ("train.checkpoint_every", "0"), ("train.report_to", "none"), ("output_dir", str(tmp_path))])
+    summary = train(cfg)
+    assert summary["steps"] == 1 and math.isfinite(summary["final_metrics"]["loss"])
+    assert (tmp_path / "validation" / "step_000001.png").is_file()  # sampled by a StableDiffusionXLPipeline
+
+
+def test_wrong_model_paths_and_types_are_clear_errors(tmp_path, capsys):
+    import json
+
+    from safetensors.torch import save_file
+
+    from diffalign.train import main
+
+    other = tmp_path / "flux"
+    other.mkdir()
+    (other / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    not_sd = tmp_path / "weights.safetensors"
+    save_file({"linear.weight": torch.zeros(2, 2)}, str(not_sd))
+    cases = [(tmp_path / "missing", "is not a diffusers pipeline folder (no model_index.json)"),
+             (tmp_path / "missing.safetensors", "no such checkpoint file"),
+             (other, "a FluxPipeline pipeline is not supported; diffalign trains StableDiffusionPipeline and "
+                     "StableDiffusionXLPipeline models"),
+             (not_sd, "is not supported; diffalign trains SD 1.x/2.x and SDXL base checkpoints")]
+    for path, message in cases:
+        code = main(["--method", "dpo", "--model.pretrained", str(path), "--output_dir", str(tmp_path / "out"),
+                     "--train.report_to", "none"])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and str(path) in err, err

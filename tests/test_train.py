@@ -117,6 +117,12 @@ def test_full_finetune_uses_a_frozen_reference_and_saves_a_unet(tmp_path):
     base = UNet2DConditionModel.from_pretrained(TOY_SD, subfolder="unet")
     changed = [n for (n, a), (_, b) in zip(tuned.named_parameters(), base.named_parameters()) if not torch.equal(a, b)]
     assert changed  # the policy moved; the reference (the saved base) did not
+    # The saved UNet drops into the diffusers pipeline in place of the base's.
+    kwargs = dict(num_inference_steps=4, output_type="np", generator=torch.Generator().manual_seed(0))
+    tuned_images = StableDiffusionPipeline.from_pretrained(TOY_SD, unet=tuned)("a red circle", **kwargs).images
+    kwargs["generator"] = torch.Generator().manual_seed(0)
+    base_images = StableDiffusionPipeline.from_pretrained(TOY_SD)("a red circle", **kwargs).images
+    assert tuned_images.shape == base_images.shape and abs(tuned_images - base_images).max() > 1e-4
 
 
 def test_bf16_mixed_precision_runs_on_cpu(tmp_path):
@@ -187,3 +193,24 @@ def test_loader_workers_and_channels_last_train_the_same_weights(tmp_path):
     a, b = load_file(plain["lora"]), load_file(fast["lora"])
     for k in a:  # channels-last kernels sum in another order: float noise of ~1e-6
         torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-5)
+
+
+def test_ema_update_is_the_lerp_toward_the_policy():
+    from diffalign.train import ema_update
+
+    reference, policy = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    before = [p.clone() for p in reference.parameters()]
+    ema_update(reference, policy, decay=0.9)
+    for r, b, p in zip(reference.parameters(), before, policy.parameters()):
+        torch.testing.assert_close(r, 0.9 * b + 0.1 * p)
+
+
+def test_ema_reference_and_optimizer_are_validated():
+    from diffalign.config import ConfigError
+
+    with pytest.raises(ConfigError, match="ema_reference_decay needs full fine-tuning"):
+        load_config(overrides=[("train.ema_reference_decay", "0.99")])
+    with pytest.raises(ConfigError, match=r"ema_reference_decay needs full fine-tuning .*\(not mapo\)"):
+        load_config(overrides=[("method", "mapo"), ("lora.enabled", "false"), ("train.ema_reference_decay", "0.9")])
+    with pytest.raises(ConfigError, match="train.optimizer: expected adamw, adamw_8bit or adafactor"):
+        load_config(overrides=[("train.optimizer", "sgd")])

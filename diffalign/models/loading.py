@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -30,8 +31,39 @@ class SDComponents:
         return [self.tokenizer, self.tokenizer_2] if self.kind == "sdxl" else self.tokenizer
 
 
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+SINGLE_FILE_TYPES = {"v1": "sd", "v2": "sd", "xl_base": "sdxl"}  # diffusers' infer_diffusers_model_type names
+
+
+def is_single_file(pretrained: str) -> bool:
+    return pretrained.endswith(SINGLE_FILE_SUFFIXES)
+
+
+@lru_cache(maxsize=1)
+def _single_file_pipeline(path: str, config: str | None):
+    """A whole pipeline from one original-format checkpoint (A1111/ComfyUI style), through diffusers'
+    ``from_single_file``; ``config``: a diffusers folder or hub id with the component configs (else inferred
+    from the checkpoint, which needs the hub). Kept for the one training run that asks twice (tokenizer, weights)."""
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type, load_single_file_checkpoint
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"model.pretrained: no such checkpoint file {path}")
+    try:
+        checkpoint = load_single_file_checkpoint(path)  # safetensors, or a .ckpt through weights_only loading
+        model_type = infer_diffusers_model_type(checkpoint)
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable Stable Diffusion checkpoint ({type(err).__name__}: {err})") from err
+    kind = SINGLE_FILE_TYPES.get(model_type)
+    if kind is None or "model.diffusion_model.input_blocks.0.0.weight" not in checkpoint:
+        raise ValueError(f"{path}: a {model_type!r} checkpoint is not supported; diffalign trains SD 1.x/2.x "
+                         "and SDXL base checkpoints")
+    return kind, pipeline_class(kind).from_single_file(path, config=config)
+
+
 def pipeline_kind(pretrained: str, revision: str | None = None) -> str:
     """"sd" or "sdxl", from the pipeline's model_index.json; a clear error for anything else."""
+    if is_single_file(pretrained):
+        return _single_file_pipeline(pretrained, None)[0]
     local = Path(pretrained)
     if local.is_dir():
         index = local / "model_index.json"
@@ -54,6 +86,8 @@ def pipeline_class(kind: str):
 
 
 def _check_pipeline_path(pretrained: str) -> None:
+    if is_single_file(pretrained):
+        return  # checked when read (_single_file_pipeline)
     local = Path(pretrained)
     if (local.exists() or pretrained.startswith((".", "/"))) and not (local / "model_index.json").is_file():
         raise FileNotFoundError(f"{pretrained} is not a diffusers pipeline folder (no model_index.json)")
@@ -63,6 +97,9 @@ def load_tokenizer(pretrained: str, revision: str | None = None):
     """The pipeline's tokenizer(s) alone (small): the data can be checked before the weights load. SDXL: a list
     of its two tokenizers."""
     _check_pipeline_path(pretrained)
+    if is_single_file(pretrained):
+        _, pipe = _single_file_pipeline(pretrained, None)
+        return [pipe.tokenizer, pipe.tokenizer_2] if hasattr(pipe, "tokenizer_2") else pipe.tokenizer
     first = CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", revision=revision)
     if pipeline_kind(pretrained, revision) == "sdxl":
         return [first, CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer_2", revision=revision)]
@@ -77,6 +114,8 @@ def load_sd_components(pretrained: str, revision: str | None = None, variant: st
     place of the pipeline's, e.g. madebyollin/sdxl-vae-fp16-fix for SDXL in fp16.
     """
     _check_pipeline_path(pretrained)
+    if is_single_file(pretrained):
+        return _components_of_single_file(pretrained, vae)
     common = dict(revision=revision)
     tokenizers = tokenizer or load_tokenizer(pretrained, revision)
     kind = "sdxl" if isinstance(tokenizers, list) else "sd"
@@ -93,3 +132,12 @@ def load_sd_components(pretrained: str, revision: str | None = None, variant: st
         unet=UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet", variant=variant, **common),
         noise_scheduler=DDPMScheduler.from_pretrained(pretrained, subfolder="scheduler", **common),
     )
+
+
+def _components_of_single_file(path: str, vae: str | None) -> SDComponents:
+    kind, pipe = _single_file_pipeline(path, None)
+    _single_file_pipeline.cache_clear()  # the components now belong to the run; don't keep a second reference
+    second = dict(tokenizer_2=pipe.tokenizer_2, text_encoder_2=pipe.text_encoder_2) if kind == "sdxl" else {}
+    return SDComponents(kind=kind, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder,
+                        vae=AutoencoderKL.from_pretrained(vae) if vae else pipe.vae, unet=pipe.unet,
+                        noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config), **second)
