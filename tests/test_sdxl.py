@@ -243,5 +243,7 @@ def test_the_encoding_cache_holds_sdxl_pooled_text_and_trains_the_same(tiny_sdxl
     warm = train(_cfg(tiny_sdxl, tmp_path / "warm", "dpo", cache))
     assert warm["encoding_cache"]["encoder_calls"] == {"vae": 0, "text_encoder": 0}
     a, b = load_file(plain["lora"]), load_file(warm["lora"])
-    for k in a:  # cached states were encoded in other batches than the plain run's: float noise of ~1e-6
-        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-5)
+    # Cached states were encoded in other batches than the plain run's (float noise ~1e-7), which Adam can blow up
+    # on a near-zero gradient entry; compare whole tensors: a wrong pooled/time-id cache changes them at ~1e-1.
+    for k in a:
+        assert (b[k] - a[k]).norm() <= 1e-3 * a[k].norm() + 1e-6, k
