@@ -137,3 +137,31 @@ def test_dtype_option_accepts_command_line_names(tiny_clip):
     assert scorer(_images(2), ["a", "b"]).dtype == torch.float32  # scores are returned in float32
     with pytest.raises(ValueError, match="unknown dtype 'float17'"):
         create_scorer("pickscore", model=path, processor=path, dtype="float17")
+
+
+def test_denscore_is_the_decomposed_formula_and_omega_one_is_the_plain_cosine(tiny_clip):
+    path, model = tiny_clip
+    images = _images(4, seed=2)
+    prompts = ["a red circle. a blue square.", "a cat", "a green triangle on a grey background; small.", "a dog"]
+    scorer = create_scorer("denscore", backbone="clipscore", model=path, omega=0.3)
+    scores = scorer(images, prompts)
+    # By hand from the backbone's embeddings: sentence vectors, their mean t̄, v, η, then S.
+    sim = scorer.similarity
+    f = torch.nn.functional.normalize(sim.embed_images([Image.fromarray(i) for i in images]).float(), dim=-1)
+    t = []
+    for prompt, sentences in zip(prompts, [["a red circle.", "a blue square."], ["a cat"],
+                                           ["a green triangle on a grey background;", "small."], ["a dog"]]):
+        e = torch.nn.functional.normalize(sim.embed_texts(sentences).float(), dim=-1)
+        t.append(e.mean(0))
+    t = torch.stack(t)
+    v = torch.nn.functional.normalize(t.mean(0), dim=0)
+    expected = [float((t[b] - (t[b] @ v) * v) @ f[b] + 0.3 * (t[b] @ v) * (v @ f[b])) for b in range(4)]
+    assert scores.tolist() == pytest.approx(expected, abs=1e-5)
+    # ω = 1 on one-sentence captions: ⟨t, f⟩, the plain cosine the CLIP scorers use.
+    single = ["a red circle", "a cat", "a blue square", "a dog"]
+    plain = create_scorer("denscore", backbone="clipscore", model=path, omega=1.0)(images, single)
+    for score, image, prompt in zip(plain, images, single):
+        cos, _ = _hand_cosine(model, image, prompt)
+        assert float(score) == pytest.approx(cos, abs=2e-3)
+    with pytest.raises(ValueError, match="denscore backbone"):
+        create_scorer("denscore", backbone="aesthetic")

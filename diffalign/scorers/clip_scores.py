@@ -35,6 +35,18 @@ class CLIPSimilarity:
         pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
         return _embedding(self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype)))
 
+    @torch.no_grad()
+    def embed_images(self, images: list) -> torch.Tensor:
+        """[b, D] unnormalised image embeddings of PIL images."""
+        return self.image_features(images)
+
+    @torch.no_grad()
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """[b, D] unnormalised text embeddings (77 tokens, the rest cut)."""
+        inputs = self.processor(text=texts, padding=True, truncation=True, max_length=77, return_tensors="pt")
+        return _embedding(self.model.get_text_features(input_ids=inputs["input_ids"].to(self.device),
+                                                       attention_mask=inputs["attention_mask"].to(self.device)))
+
     def _embed(self, images: list, texts: list[str]):
         inputs = self.processor(images=images, text=texts, padding=True, truncation=True, max_length=77,
                                 return_tensors="pt")

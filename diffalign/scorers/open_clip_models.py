@@ -36,9 +36,19 @@ class OpenClipSimilarity:
         return {"mean": cfg.get("mean"), "std": cfg.get("std"), "resize_mode": cfg.get("resize_mode"),
                 "interpolation": cfg.get("interpolation")}
 
-    def _embed(self, images: list, texts: list[str]):
+    @torch.no_grad()
+    def embed_images(self, images: list) -> torch.Tensor:
+        """[b, D] unnormalised image embeddings of PIL images."""
         pixels = torch.stack([self.preprocess(im) for im in images]).to(self.device, self.dtype)
-        return self.model.encode_image(pixels), self.model.encode_text(self.tokenizer(texts).to(self.device))
+        return self.model.encode_image(pixels)
+
+    @torch.no_grad()
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """[b, D] unnormalised text embeddings."""
+        return self.model.encode_text(self.tokenizer(texts).to(self.device))
+
+    def _embed(self, images: list, texts: list[str]):
+        return self.embed_images(images), self.embed_texts(texts)
 
     def cosine(self, images: list, prompts: list[str]) -> torch.Tensor:
         """Cosine similarity [B] of each image with its own prompt, in float32."""
