@@ -85,7 +85,8 @@ def _eval(args) -> None:
         args.model, adapters=args.lora, prompts=args.prompts, scorers=args.scorers.split(","),
         output_dir=args.out, seeds_per_prompt=args.seeds_per_prompt, first_seed=args.first_seed,
         prompt_column=args.prompt_column, split=args.split, limit=args.limit,
-        settings=SamplingSettings(args.steps, args.guidance, args.height, args.width, dtype),
+        settings=SamplingSettings(args.steps, args.guidance, args.height, args.width, dtype, args.text_encoding,
+                                  args.max_text_length),
         scorer_options=parse_scorer_options(args.scorer_option), device=device, batch_size=args.batch_size,
         cache=not args.no_cache)
     print(report.to_markdown())
@@ -121,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="pipeline dtype (default: float16 on cuda, float32 on cpu)")
+    p.add_argument("--text-encoding", default="clip", choices=["clip", "segments"],
+                   help="clip: the pipeline's own (77 tokens); segments: LongAlign segment encoding (SD only)")
+    p.add_argument("--max-text-length", type=int, default=240, help="segment encoding: rows of text states")
     p.add_argument("--out", default="outputs/eval", help="report folder; images are cached under OUT/images")
     p.add_argument("--no-cache", action="store_true", help="resample every image instead of reusing cached ones")
     p.set_defaults(func=_eval)

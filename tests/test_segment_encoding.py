@@ -57,3 +57,10 @@ def test_short_prompts_match_plain_encoding_up_to_the_end_token(clip):
     states, _, info = encode_segments(prompt, [clip], max_length=77)
     plain = encoder(tokenizer(prompt, padding="max_length", max_length=77, return_tensors="pt").input_ids)[0][0]
     torch.testing.assert_close(states[: info.tokens], plain[: info.tokens], rtol=1e-4, atol=1e-5)
+
+
+def test_start_tokens_first_keeps_only_the_first_segments_start(clip):
+    prompt = "a red circle. a blue square. a green triangle."
+    _, _, every = encode_segments(prompt, [clip])
+    _, _, first = encode_segments(prompt, [clip], start_tokens="first")
+    assert every.segments == 3 and first.tokens == every.tokens - 2

@@ -28,9 +28,24 @@ class SamplingSettings:
     height: int | None = None  # None: the pipeline's default resolution
     width: int | None = None
     dtype: str = "float32"
+    text_encoding: str = "clip"  # "clip": the pipeline's own (77 tokens, the rest cut); "segments": LongAlign's
+    max_text_length: int = 240  # segment encoding: rows of text states (start + content tokens, then filler)
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _segment_embeddings(pipe, prompts: list[str], max_length: int) -> dict:
+    """LongAlign segment encoding of the prompts and of the empty negative prompt (SD pipelines)."""
+    from ..models.segment_encoding import encode_prompts
+
+    if hasattr(pipe, "text_encoder_2"):
+        raise ValueError("text_encoding 'segments' in evaluation supports SD 1.x/2.x pipelines only, not SDXL")
+    encoders = [(pipe.tokenizer, pipe.text_encoder)]
+    states, _ = encode_prompts(prompts, encoders, max_length)
+    negative, _ = encode_prompts([""] * len(prompts), encoders, max_length)
+    dtype = pipe.unet.dtype
+    return {"prompt_embeds": states.to(pipe.device, dtype), "negative_prompt_embeds": negative.to(pipe.device, dtype)}
 
 
 def case_key(prompt: str, seed: int) -> str:
@@ -53,9 +68,11 @@ def images_for(spec: ModelSpec, prompts: list[str], seeds: list[int], settings: 
     if missing:
         pipe = load_pipeline(spec, device, getattr(torch, settings.dtype))
         size = {k: v for k, v in (("height", settings.height), ("width", settings.width)) if v}
-        fresh = generate(pipe, [prompts[i] for i in missing], [seeds[i] for i in missing],
-                         settings.num_inference_steps, settings.guidance_scale, batch_size=batch_size,
-                         progress=progress, **size)
+        wanted = [prompts[i] for i in missing]
+        if settings.text_encoding == "segments":
+            size.update(_segment_embeddings(pipe, wanted, settings.max_text_length))
+        fresh = generate(pipe, wanted, [seeds[i] for i in missing], settings.num_inference_steps,
+                         settings.guidance_scale, batch_size=batch_size, progress=progress, **size)
         if folder:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "model.json").write_text(json.dumps({**asdict(spec), "settings": asdict(settings)}, indent=2))

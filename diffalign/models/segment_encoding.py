@@ -56,11 +56,13 @@ def filler_vector(tokenizer, encoder, penultimate: bool = False) -> torch.Tensor
 
 @torch.no_grad()
 def encode_segments(prompt: str, encoders: list[tuple], max_length: int = DEFAULT_MAX_LENGTH,
-                    penultimate: bool | None = None) -> tuple[torch.Tensor, torch.Tensor | None, SegmentInfo]:
+                    penultimate: bool | None = None, start_tokens: str = "all"
+                    ) -> tuple[torch.Tensor, torch.Tensor | None, SegmentInfo]:
     """-> (states [max_length, sum of D], pooled [P] or None, info).
 
     ``encoders``: [(tokenizer, text_encoder)] (SD) or two pairs (SDXL). ``penultimate``: use the penultimate hidden
-    states (default: True when there are two encoders, as SDXL).
+    states (default: True when there are two encoders, as SDXL). ``start_tokens``: "all" keeps every segment's
+    start token (the paper), "first" only the first segment's.
     """
     penultimate = len(encoders) > 1 if penultimate is None else penultimate
     segments = split_segments(prompt)
@@ -71,7 +73,8 @@ def encode_segments(prompt: str, encoders: list[tuple], max_length: int = DEFAUL
         lengths = tokens.attention_mask.sum(dim=1).tolist()  # start + content + end, per segment
         full = tokenizer(segments, truncation=False).input_ids
         states, pooled = _states(encoder, tokens.input_ids, penultimate)  # [S, 77, D]
-        kept = torch.cat([states[i, : n - 1] for i, n in enumerate(lengths)])  # start + content; no end, no pad
+        first_row = [0 if i == 0 or start_tokens == "all" else 1 for i in range(len(lengths))]
+        kept = torch.cat([states[i, first_row[i]: n - 1] for i, n in enumerate(lengths)])  # no end, no pad
         rows = len(kept)
         filler = filler_vector(tokenizer, encoder, penultimate).to(kept.dtype)
         if rows < max_length:
@@ -85,9 +88,10 @@ def encode_segments(prompt: str, encoders: list[tuple], max_length: int = DEFAUL
     return torch.cat(per_encoder, dim=-1), pooled, info
 
 
-def encode_prompts(prompts: list[str], encoders: list[tuple], max_length: int = DEFAULT_MAX_LENGTH):
+def encode_prompts(prompts: list[str], encoders: list[tuple], max_length: int = DEFAULT_MAX_LENGTH,
+                   start_tokens: str = "all"):
     """[N, max_length, D] states (and [N, P] pooled or None) of N prompts."""
-    results = [encode_segments(p, encoders, max_length) for p in prompts]
+    results = [encode_segments(p, encoders, max_length, start_tokens=start_tokens) for p in prompts]
     states = torch.stack([r[0] for r in results])
     pooled = torch.stack([r[1] for r in results]) if results[0][1] is not None else None
     return states, pooled
