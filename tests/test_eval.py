@@ -137,3 +137,20 @@ def test_full_finetune_folders_are_compared_too(tmp_path):
     assert len(base_png) == len(ft_png) == 2
     assert any(a.read_bytes() != b.read_bytes() for a, b in zip(sorted(base_png, key=lambda p: p.name),
                                                                  sorted(ft_png, key=lambda p: p.name)))
+
+
+def test_segment_encoding_conditions_the_evaluation_images(tmp_path):
+    """--text-encoding segments samples from segment-encoded states (and caches them apart from clip's)."""
+    from PIL import Image
+
+    from diffalign.evaluation.api import evaluate
+    from diffalign.evaluation.generation import SamplingSettings
+    from diffalign.toy.prompts import prompt_set
+
+    prompts = prompt_set("long")[:2]
+    reports = {e: evaluate(str(TOY_SD), prompts=prompts, scorers=["toy"], seeds_per_prompt=1, progress=False,
+                           output_dir=tmp_path / e, settings=SamplingSettings(num_inference_steps=3, text_encoding=e))
+               for e in ("clip", "segments")}
+    assert reports["clip"].settings != reports["segments"].settings
+    grids = [np.asarray(Image.open(reports[e].files["grid"])) for e in ("clip", "segments")]
+    assert grids[0].shape == grids[1].shape and np.abs(grids[0].astype(int) - grids[1].astype(int)).max() > 0
