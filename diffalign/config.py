@@ -294,6 +294,10 @@ def validate(cfg: Config, given: dict | None = None, overridden: set[str] = froz
             raise ConfigError(f"train.{name} must be >= 0; got {getattr(t, name)}")
 
 
+def _lora_in_use(cfg, objective) -> bool:
+    return cfg.lora.enabled and getattr(objective, "trains", "unet") == "unet"
+
+
 # Settings that only some methods or modes read: (section, key, who reads it, the key that picks the mode,
 # whether the setting is in use for (cfg, objective)).
 _SETTINGS_IN_USE = [
@@ -302,9 +306,9 @@ _SETTINGS_IN_USE = [
     ("data", "perturber_model", "caption-pair methods (tdpo, tkto)", "method",
      lambda cfg, o: o.pair_axis == "captions"),
     ("data", "drop_ties", "image-pair methods (dpo, mapo, inpo)", "method", lambda cfg, o: o.pair_axis == "images"),
-    ("lora", "rank", "LoRA training (lora.enabled: true)", "lora.enabled", lambda cfg, o: cfg.lora.enabled),
-    ("lora", "alpha", "LoRA training (lora.enabled: true)", "lora.enabled", lambda cfg, o: cfg.lora.enabled),
-    ("lora", "target_modules", "LoRA training (lora.enabled: true)", "lora.enabled", lambda cfg, o: cfg.lora.enabled),
+    ("lora", "rank", "LoRA training (lora.enabled: true)", "lora.enabled", _lora_in_use),
+    ("lora", "alpha", "LoRA training (lora.enabled: true)", "lora.enabled", _lora_in_use),
+    ("lora", "target_modules", "LoRA training (lora.enabled: true)", "lora.enabled", _lora_in_use),
 ]
 
 
@@ -320,7 +324,8 @@ def _reject_ignored_settings(cfg: Config, objective, given: dict, overridden: se
     for section, key, reader, mode_key, in_use in _SETTINGS_IN_USE:
         if key not in (given.get(section) or {}) or in_use(cfg, objective):
             continue
-        mode = "full fine-tuning (lora.enabled: false)" if section == "lora" else f"method {cfg.method}"
+        mode = f"method {cfg.method}" if section != "lora" or getattr(objective, "trains", "unet") != "unet" \
+            else "full fine-tuning (lora.enabled: false)"
         message = f"{section}.{key} is set but {mode} does not use it: it applies only to {reader}"
         if f"{section}.{key}" not in overridden and mode_key in overridden:
             warnings.warn(f"{message}; ignored (--{mode_key} on the command line changed the config file's mode)",

@@ -11,7 +11,8 @@ import yaml
 def write_model_card(cfg, summary: dict, out_dir: str | Path) -> Path:
     comparison = summary.get("comparison")
     results = comparison["text"] if comparison else "No evaluation was run with this training job."
-    load = ("pipe.load_lora_weights(\"<this folder>\")" if cfg.lora.enabled
+    load = ("load_soft_tokens(pipe.unet, \"<this folder>\")  # from diffalign.models.soft_tokens"
+            if "soft_tokens" in summary else "pipe.load_lora_weights(\"<this folder>\")" if cfg.lora.enabled
             else "pipe.unet = UNet2DConditionModel.from_pretrained(\"<this folder>/unet\")")
     text = f"""---
 base_model: {cfg.model.pretrained}

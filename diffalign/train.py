@@ -34,7 +34,8 @@ from diffalign.data.factory import build_training_data
 from diffalign.models.conditioning import conditioner_for
 from diffalign.models.loading import load_sd_components, load_tokenizer, pipeline_class
 from diffalign.models.lora import attach_lora, save_lora
-from diffalign.models.lora_checkpoint import register_lora_checkpointing
+from diffalign.models.lora_checkpoint import register_frozen_unet_checkpointing, register_lora_checkpointing
+from diffalign.models.soft_tokens import attach_soft_tokens, save_soft_tokens
 from diffalign.objectives import get_objective
 from diffalign.paths import REPO_ROOT, refuse_overwrite
 
@@ -154,8 +155,15 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         if frozen is not None:
             frozen.requires_grad_(False).eval().to(accelerator.device, dtype=weight_dtype)
     unet = parts.unet
-    reference = None
-    if cfg.lora.enabled:
+    reference = soft_tokens = None
+    trains = getattr(objective, "trains", "unet")  # what the objective trains: the UNet, or SoftREPA's tokens
+    if trains == "soft_tokens":
+        if accelerator.num_processes > 1:
+            raise ConfigError(f"{cfg.method} trains soft tokens outside the UNet: one process only for now")
+        blocks = ("down", "mid") if parts.kind == "sdxl" else ("down",)  # SoftREPA: SD down; SDXL down + mid
+        soft_tokens = attach_soft_tokens(unet, objective.num_tokens, blocks)
+        params = list(soft_tokens.parameters())
+    elif cfg.lora.enabled:
         params = attach_lora(unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules)
     else:
         params = list(unet.parameters())
@@ -184,7 +192,10 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                                  num_warmup_steps=cfg.train.warmup_steps * accelerator.num_processes,
                                  num_training_steps=cfg.train.max_steps * accelerator.num_processes)
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
-    if cfg.lora.enabled:
+    if soft_tokens is not None:
+        register_frozen_unet_checkpointing(accelerator, unet)  # the tokens are the state, not the frozen UNet
+        accelerator.register_for_checkpointing(soft_tokens)
+    elif cfg.lora.enabled:
         register_lora_checkpointing(accelerator, unet)  # checkpoints hold the adapter, not the frozen base
     cache = open_encoding_cache(cfg, weight_dtype, accelerator.process_index) if cfg.data.cache_encodings else None
     step_fn = TrainStep(objective, parts.vae, conditioner_for(parts), parts.noise_scheduler, reference, accelerator,
@@ -220,7 +231,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                 if accelerator.sync_gradients:
                     # The norm is the same on every rank (gradients are reduced), so all ranks skip together.
                     limit = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
-                    norm = accelerator.clip_grad_norm_(unet.parameters(), limit)
+                    norm = accelerator.clip_grad_norm_(params, limit)
                     if norm is not None:  # DeepSpeed clips internally and returns None
                         metrics["grad_norm"] = float(norm)
                         finite = bool(torch.isfinite(norm)) and bool(torch.isfinite(loss.detach()))
@@ -279,7 +290,9 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                                      "encoder_calls": step_fn.encoders.calls}
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(unet)
-        if cfg.lora.enabled:
+        if soft_tokens is not None:
+            summary["soft_tokens"] = str(save_soft_tokens(soft_tokens, out))
+        elif cfg.lora.enabled:
             summary["lora"] = str(save_lora(final, out, pipeline_class(parts.kind)))
         else:
             final.save_pretrained(out / "unet", safe_serialization=True)

@@ -71,3 +71,36 @@ def test_softrepa_loss_by_hand():
     assert metrics["caption_accuracy"] == 1.0
     with pytest.raises(ValueError, match="square"):
         softrepa_loss(torch.zeros(2, 3))
+
+
+def test_softrepa_trains_only_the_tokens_and_its_output_loads_for_evaluation(tmp_path):
+    from diffalign.config import load_config
+    from diffalign.evaluation.models import ModelSpec, load_pipeline
+    from diffalign.paths import REPO_ROOT
+    from diffalign.train import train
+
+    cfg = load_config(REPO_ROOT / "configs/toy/softrepa.yaml", [
+        ("train.max_steps", "3"), ("train.batch_size", "4"), ("data.max_pairs", "16"), ("eval.enabled", "false"),
+        ("train.report_to", "none"), ("train.checkpoint_every", "3"), ("output_dir", str(tmp_path))])
+    summary = train(cfg)
+    first = summary["first_metrics"]
+    assert first["grad_norm"] > 0 and summary["soft_tokens"].endswith("soft_tokens.safetensors")
+    assert not (tmp_path / "unet").exists() and not list(tmp_path.glob("pytorch_lora_weights*"))
+    checkpoint = next((tmp_path / "checkpoints").glob("checkpoint_*"))
+    assert list(checkpoint.glob("custom_checkpoint_*")) and not list(checkpoint.glob("model*"))  # tokens, no UNet
+    kwargs = dict(num_inference_steps=3, output_type="np")
+    tuned = load_pipeline(ModelSpec("softrepa", str(TOY_SD), str(tmp_path)))
+    base = load_pipeline(ModelSpec("base", str(TOY_SD)))
+    images = [p("a red circle", generator=torch.Generator().manual_seed(0), **kwargs).images for p in (tuned, base)]
+    assert abs(images[0] - images[1]).max() > 1e-4  # the evaluated pipeline uses the trained tokens
+
+
+def test_all_combinations_rows_share_one_noise_group():
+    from diffalign.data.captioned import collate_all_combinations
+
+    examples = [{"pixels": torch.zeros(3, 4, 4), "image_meta": torch.zeros(6), "input_ids": torch.full((77,), i),
+                 "negative_ids": torch.zeros(77, dtype=torch.long), "seed": 10 + i} for i in range(3)]
+    batch = collate_all_combinations(examples)
+    assert batch["row_image"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert batch["row_text"].tolist() == [0, 1, 2] * 3 and batch["row_group"].tolist() == [0] * 9
+    assert batch["seeds"].tolist() == [10] and batch["input_ids"][:, 0].tolist() == [0, 1, 2]

@@ -59,3 +59,19 @@ def collate_caption_pairs(examples: list[dict]) -> dict:
             "seeds": torch.tensor([e["seed"] for e in examples], dtype=torch.int64),
             "row_image": image, "row_text": torch.arange(2 * b), "row_group": image,
             "labels": torch.cat([torch.ones(b), -torch.ones(b)])}
+
+
+def collate_all_combinations(examples: list[dict]) -> dict:
+    """-> rows layout (core.step) for SoftREPA: every (image i, caption j), row i*B + j, all in ONE noise group
+    (one shared eps and t, so the captions are all that differs between the rows of an image)."""
+    examples, skipped = without_skipped(examples)
+    if not examples:
+        return {"rows": 0, "skipped": skipped}
+    b = len(examples)
+    return {"skipped": skipped, "pixels": torch.stack([e["pixels"] for e in examples]),
+            "image_meta": torch.stack([e["image_meta"] for e in examples]),
+            "image_group": torch.zeros(b, dtype=torch.long),
+            "input_ids": torch.stack([e["input_ids"] for e in examples]),
+            "seeds": torch.tensor([examples[0]["seed"]], dtype=torch.int64),
+            "row_image": torch.arange(b).repeat_interleave(b), "row_text": torch.arange(b).repeat(b),
+            "row_group": torch.zeros(b * b, dtype=torch.long)}

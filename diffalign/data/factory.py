@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import DataConfig
-from .captioned import CaptionedImages, collate_caption_pairs
+from .captioned import CaptionedImages, collate_all_combinations, collate_caption_pairs
 from .feedback import FeedbackImages, collate_singles
 from .pairs import PreferencePairs, collate_pairs
 from .sampler import DesirableRatioSampler, EpochShuffle
@@ -25,6 +25,8 @@ def build_training_data(cfg: DataConfig, pair_axis: str, tokenizer, seed: int, e
             perturber = LLMPerturber(cfg.perturber_model, axes=tuple(cfg.perturb_axes),
                                      trust_remote_code=trust_remote_code)
         dataset, collate = CaptionedImages(cfg, tokenizer, seed, perturber), collate_caption_pairs
+    elif pair_axis == "batch":  # SoftREPA: captioned images, each against every caption of its batch
+        dataset, collate = CaptionedImages(cfg, tokenizer, seed), collate_all_combinations
     else:
         raise ValueError(f"no training data for pair axis {pair_axis!r}")
     if pair_axis == "single" and cfg.desirable_ratio is not None:

@@ -83,6 +83,10 @@ def load_pipeline(spec: ModelSpec, device: str = "cpu", dtype: torch.dtype = tor
         adapter = Path(spec.adapter)
         if (adapter / "unet").is_dir():
             pipe.unet = UNet2DConditionModel.from_pretrained(adapter / "unet", dtype=dtype)
+        elif (adapter / "soft_tokens.json").is_file():  # SoftREPA
+            from ..models.soft_tokens import load_soft_tokens
+
+            load_soft_tokens(pipe.unet, adapter)
         else:
             pipe.load_lora_weights(str(adapter), adapter_name="evaluated")  # not "eval": that is a Module method
             if spec.lora_scale != 1.0:

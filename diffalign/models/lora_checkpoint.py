@@ -41,3 +41,24 @@ def register_lora_checkpointing(accelerator, unet) -> None:
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
+
+
+def register_frozen_unet_checkpointing(accelerator, unet) -> None:
+    """Leave a fully frozen ``unet`` out of ``save_state``/``load_state`` (it is the base, unchanged; what trains
+    is registered separately, e.g. SoftREPA's tokens)."""
+    target = accelerator.unwrap_model(unet)
+
+    def save_hook(models, weights, output_dir):
+        for i, model in enumerate(models):
+            if accelerator.unwrap_model(model) is target:
+                weights.pop(i)
+                break
+
+    def load_hook(models, input_dir):
+        for i, model in enumerate(models):
+            if accelerator.unwrap_model(model) is target:
+                models.pop(i)
+                break
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)

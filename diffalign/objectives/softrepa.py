@@ -1,4 +1,4 @@
-"""SoftREPA's contrastive loss (Lee et al., 2025) — the loss alone; the trainer integration is not built yet.
+"""SoftREPA (Lee et al., 2025): soft text tokens trained with a contrastive denoising loss (``--method softrepa``).
 
 B images and their B captions, every (image i, caption j) combination denoised at one shared t and noise, so
 E[i, j] = m_θ(x_i, c_j) (the per-sample denoising error) differs only by the caption:
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from .base import Objective, register
+
 
 def softrepa_loss(errors: torch.Tensor, scale: float = 4.0, temperature: float = 0.07,
                   matched_weight: float = 10.0) -> tuple[torch.Tensor, dict]:
@@ -26,3 +28,25 @@ def softrepa_loss(errors: torch.Tensor, scale: float = 4.0, temperature: float =
     accuracy = (logits.argmax(dim=1) == target).float().mean().item()
     return contrastive + matched_weight * matched, {"contrastive": contrastive.item(), "matched_error": matched.item(),
                                                     "caption_accuracy": accuracy}
+
+
+@register
+class SoftREPA(Objective):
+    """Rows: every (image i, caption j) of a batch of B captioned images, one shared noise and t (pair_axis
+    "batch", B^2 UNet rows). Trains only the soft tokens (models/soft_tokens.py); no reference."""
+
+    name = "softrepa"
+    pair_axis = "batch"
+    needs_reference = False
+    trains = "soft_tokens"
+
+    def __init__(self, num_tokens: int = 4, scale: float = 4.0, temperature: float = 0.07,
+                 matched_weight: float = 10.0):
+        if int(num_tokens) < 1 or temperature <= 0:
+            raise ValueError(f"num_tokens must be >= 1 and temperature > 0; got {num_tokens}, {temperature}")
+        self.num_tokens, self.scale, self.temperature = int(num_tokens), scale, temperature
+        self.matched_weight = matched_weight
+
+    def row_loss(self, policy: torch.Tensor, ref: torch.Tensor | None, batch: dict):
+        b = int(round(len(policy) ** 0.5))
+        return softrepa_loss(policy.view(b, b), self.scale, self.temperature, self.matched_weight)
