@@ -20,6 +20,7 @@ from .config import Config, ConfigError
 from .data.encoding_cache import FrozenEncoders
 from .data.examples import without_skipped
 from .data.factory import build_training_data
+from .models.conditioning import conditioner_for
 from .models.loading import load_sd_components, load_tokenizer
 from .objectives import get_objective
 
@@ -37,11 +38,16 @@ def fill_encoding_cache(cfg: Config, processes: int = 1) -> dict:
     per_update = cfg.train.batch_size * cfg.train.grad_accum * processes
     dataset, _, collate = build_training_data(cfg.data, objective.pair_axis, tokenizer, cfg.train.seed, per_update,
                                               cfg.model.trust_remote_code)
-    parts = load_sd_components(cfg.model.pretrained, cfg.model.revision, cfg.model.variant, tokenizer)
-    for frozen in (parts.vae, parts.text_encoder):
-        frozen.requires_grad_(False).eval().to(device, dtype=dtype)
+    # The same components, dtypes and conditioning as train.py, so the entries are the ones training would make.
+    parts = load_sd_components(cfg.model.pretrained, cfg.model.revision, cfg.model.variant, tokenizer,
+                               vae=cfg.model.vae)
+    vae_dtype = torch.float32 if parts.kind == "sdxl" and not cfg.model.vae else dtype
+    parts.vae.requires_grad_(False).eval().to(device, dtype=vae_dtype)
+    for frozen in (parts.text_encoder, parts.text_encoder_2):
+        if frozen is not None:
+            frozen.requires_grad_(False).eval().to(device, dtype=dtype)
     cache = open_encoding_cache(cfg, dtype)
-    encoders = FrozenEncoders(parts.vae, parts.text_encoder, cache)
+    encoders = FrozenEncoders(parts.vae, conditioner_for(parts), cache)
     updates_per_epoch = max(1, len(dataset) // per_update)
     epochs = math.ceil(cfg.train.max_steps / updates_per_epoch)
     skipped = 0
@@ -56,9 +62,6 @@ def fill_encoding_cache(cfg: Config, processes: int = 1) -> dict:
                 continue
             encoders.posterior(batch["pixels"])
             encoders.text(batch["input_ids"])
-    if cfg.data.caption_dropout > 0:  # the empty caption every dropped example uses
-        encoders.text(tokenizer("", padding="max_length", max_length=tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt").input_ids)
     cache.flush()
     return {"directory": str(cache.directory), "epochs": epochs, "encoded": cache.misses, "already_cached": cache.hits,
             "bad_samples_skipped": skipped}

@@ -161,7 +161,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         if accelerator.num_processes > 1:
             raise ConfigError(f"{cfg.method} trains soft tokens outside the UNet: one process only for now")
         blocks = ("down", "mid") if parts.kind == "sdxl" else ("down",)  # SoftREPA: SD down; SDXL down + mid
-        soft_tokens = attach_soft_tokens(unet, objective.num_tokens, blocks)
+        soft_tokens = attach_soft_tokens(unet, objective.num_tokens, blocks).to(accelerator.device)
         params = list(soft_tokens.parameters())
     elif cfg.lora.enabled:
         params = attach_lora(unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules)
@@ -170,7 +170,9 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         if objective.needs_reference:  # full fine-tune: the reference is a frozen copy of the start
             reference = type(unet).from_config(unet.config)
             reference.load_state_dict(unet.state_dict())
-            reference.requires_grad_(False).eval().to(accelerator.device, dtype=weight_dtype)
+            # An EMA reference stays float32: a (1 - decay) step rounds to nothing in fp16/bf16.
+            ref_dtype = torch.float32 if cfg.train.ema_reference_decay is not None else weight_dtype
+            reference.requires_grad_(False).eval().to(accelerator.device, dtype=ref_dtype)
             if cfg.train.ema_reference_decay is not None:
                 accelerator.register_for_checkpointing(reference)  # the moving reference is training state
     if cfg.train.gradient_checkpointing:

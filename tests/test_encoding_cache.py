@@ -70,6 +70,17 @@ def test_entries_are_content_addressed_and_survive_a_reopen(tmp_path):
     assert len(reopened) == 8 and reopened.get(f"img-{tensor_digest(pixels[0])}-std") is not None
     assert tensor_digest(pixels[0]) != tensor_digest(pixels[0].double())  # dtype is part of the key
     assert not list(tmp_path.glob(".writing-*"))
+    # A kill during a flush leaves a half-written temporary: it is not a shard and is never read.
+    (tmp_path / ".writing-shard-0-1.safetensors").write_bytes(b"truncated")
+    assert len(EncodingCache(tmp_path)) == 8
+    # Two caches with the same writer name (two runs on one fingerprint) never replace each other's shard.
+    first, second = EncodingCache(tmp_path), EncodingCache(tmp_path)
+    first.put("a", torch.ones(2))
+    second.put("b", torch.zeros(2))
+    first.flush()
+    second.flush()
+    both = EncodingCache(tmp_path)
+    assert both.get("a") is not None and both.get("b") is not None
 
 
 def test_diffalign_cache_precomputes_every_epoch_the_run_will_see(tmp_path, capsys):

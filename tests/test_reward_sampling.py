@@ -53,3 +53,12 @@ def test_the_reward_gradient_reaches_exactly_the_chosen_steps():
         p.grad = None
     none = sample_with_reward_grad(pipe.unet, scheduler, latents, text, uncond, 5.0, 6, [])
     assert not none.requires_grad  # no chosen step: nothing to train
+
+
+def test_cfg_doubles_nested_sdxl_conditioning():
+    from diffalign.core.reward_sampling import _doubled
+
+    kwargs = {"added_cond_kwargs": {"text_embeds": torch.ones(2, 4), "time_ids": torch.zeros(2, 6)}, "scale": 1.0}
+    doubled = _doubled(kwargs)
+    assert doubled["added_cond_kwargs"]["text_embeds"].shape == (4, 4) and doubled["scale"] == 1.0
+    assert doubled["added_cond_kwargs"]["time_ids"].shape == (4, 6)

@@ -178,16 +178,19 @@ def test_a_sdxl_full_finetune_reloads_in_the_sdxl_pipeline(tiny_sdxl, tmp_path):
     assert image.shape == (1, 32, 32, 3) and (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
 
 
-def test_an_ema_reference_follows_the_policy_and_resumes(tiny_sdxl, tmp_path, monkeypatch):
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_an_ema_reference_follows_the_policy_and_resumes(tiny_sdxl, tmp_path, monkeypatch, precision):
+    """In bf16 too: the EMA reference is kept in float32, where a (1 - decay) step does not round away."""
     from diffusers import UNet2DConditionModel
 
     seen = _spy_on_step(monkeypatch)
     extra = [("lora.enabled", "false"), ("train.lr", "1e-3"), ("train.ema_reference_decay", "0.5"),
-             ("train.checkpoint_every", "1")]
+             ("train.checkpoint_every", "1"), ("train.mixed_precision", precision)]
     summary = train(_cfg(tiny_sdxl, tmp_path, "dpo", extra))
     base = UNet2DConditionModel.from_pretrained(tiny_sdxl, subfolder="unet").state_dict()
     tuned = UNet2DConditionModel.from_pretrained(summary["unet"]).state_dict()
     reference = seen["reference"].state_dict()
+    assert all(v.dtype == torch.float32 for v in reference.values())
     moved = [k for k in base if not torch.equal(tuned[k], base[k])]
     assert moved and any(not torch.equal(reference[k], base[k]) for k in moved)  # the reference moved too...
     assert all(not torch.equal(reference[k], tuned[k]) for k in moved)  # ...but lags the policy
@@ -247,3 +250,16 @@ def test_the_encoding_cache_holds_sdxl_pooled_text_and_trains_the_same(tiny_sdxl
     # on a near-zero gradient entry; compare whole tensors: a wrong pooled/time-id cache changes them at ~1e-1.
     for k in a:
         assert (b[k] - a[k]).norm() <= 1e-3 * a[k].norm() + 1e-6, k
+
+
+def test_diffalign_cache_fills_what_sdxl_training_reads(tiny_sdxl, tmp_path):
+    """The precompute uses the trainer's SDXL setup (both encoders, pooled text, float32 VAE)."""
+    from diffalign.cli import main
+
+    args = ["--config", str(REPO_ROOT / "configs/toy/dpo.yaml"), "--model.pretrained", str(tiny_sdxl),
+            "--train.max_steps", "2", "--train.batch_size", "2", "--data.max_pairs", "8",
+            "--data.cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "run")]
+    assert main(["cache", *args]) == 0
+    cache = [("data.cache_encodings", "true"), ("data.cache_dir", str(tmp_path / "cache"))]
+    warm = train(_cfg(tiny_sdxl, tmp_path / "run", "dpo", cache))
+    assert warm["encoding_cache"]["encoder_calls"] == {"vae": 0, "text_encoder": 0}

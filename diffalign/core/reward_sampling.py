@@ -19,6 +19,12 @@ import numpy as np
 import torch
 
 
+def _doubled(kwargs: dict) -> dict:
+    """UNet kwargs for the [uncond; cond] batch: tensors repeated on dim 0, nested dicts (SDXL) followed."""
+    return {k: _doubled(v) if isinstance(v, dict) else torch.cat([v, v]) if torch.is_tensor(v) else v
+            for k, v in kwargs.items()}
+
+
 def grad_step_indices(num_steps: int, every: int, rng: np.random.Generator) -> list[int]:
     """Steps that keep their graph: every ``every``-th from a random start in [0, every)."""
     if every < 1 or num_steps < 1:
@@ -38,7 +44,7 @@ def sample_with_reward_grad(unet, scheduler, latents: torch.Tensor, text: torch.
     scheduler.set_timesteps(num_steps, device=latents.device)
     chosen = set(grad_steps)
     states = torch.cat([uncond, text])  # [2B, L, D]: unconditional first, as diffusers' pipelines
-    extra = {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in unet_kwargs.items()}
+    extra = _doubled(unet_kwargs)  # the same extra conditioning for the unconditional half
     x = latents * scheduler.init_noise_sigma
     for i, t in enumerate(scheduler.timesteps):
         with nullcontext() if i in chosen else torch.no_grad():

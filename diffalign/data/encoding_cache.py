@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -47,13 +48,17 @@ def encoders_fingerprint(pretrained: str, revision: str | None, variant: str | N
     h = hashlib.sha256(json.dumps([pretrained, revision, variant, str(dtype), data_identity], sort_keys=True,
                                   default=str).encode())
     root = Path(pretrained)
-    for sub in ("vae", "text_encoder"):
-        folder = root / sub
-        if folder.is_dir():  # a local model: its weight files' size and time (hashing GBs each run is too slow)
-            for path in sorted(folder.glob("*")):
-                if path.is_file():
-                    stat = path.stat()
-                    h.update(f"{sub}/{path.name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    # Local weights: size and time of every file the encoders come from (hashing GBs each run is too slow):
+    # the VAE and both text encoders of a folder, a single-file checkpoint, a replacement VAE (data_identity).
+    candidates = [root / sub for sub in ("vae", "text_encoder", "text_encoder_2")] + [root]
+    if data_identity.get("vae"):
+        candidates.append(Path(data_identity["vae"]))
+    for place in candidates:
+        files = sorted(place.glob("*")) if place.is_dir() and place != root else [place] if place.is_file() else []
+        for path in files:
+            if path.is_file():
+                stat = path.stat()
+                h.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     return h.hexdigest()[:20]
 
 
@@ -68,7 +73,7 @@ class EncodingCache:
         self.pending: dict[str, torch.Tensor] = {}
         self.pending_bytes = 0
         self.hits = self.misses = 0
-        for shard in sorted(self.directory.glob("*.safetensors")):
+        for shard in sorted(self.directory.glob("shard-*.safetensors")):  # not .writing-* temporaries
             with safe_open(str(shard), framework="pt") as f:
                 for key in f.keys():
                     self.index.setdefault(key, shard)
@@ -97,8 +102,9 @@ class EncodingCache:
         """Write the pending entries as one new shard (temporary name, then rename)."""
         if not self.pending:
             return
-        n = len(list(self.directory.glob(f"shard-{self.writer}-*.safetensors")))
-        final = self.directory / f"shard-{self.writer}-{n:05d}.safetensors"
+        # A unique name: two processes with the same writer name (two runs, or `diffalign cache` during training)
+        # must never replace each other's shard; keys are content-addressed, so duplicate entries are harmless.
+        final = self.directory / f"shard-{self.writer}-{time.time_ns()}-{os.getpid()}.safetensors"
         temporary = self.directory / f".writing-{final.name}"
         save_file(self.pending, str(temporary))
         os.replace(temporary, final)
@@ -162,4 +168,5 @@ class FrozenEncoders:
                 for part, value in zip(parts, found[i]):
                     self.cache.put(name(keys[i], part), value)
         device = self.vae.device
-        return [torch.stack([entry[p] for entry in found]).to(device) for p in range(len(parts))]
+        # hits come from CPU (disk, pending), misses from the encoder's device: bring every entry to one device
+        return [torch.stack([entry[p].to(device) for entry in found]) for p in range(len(parts))]

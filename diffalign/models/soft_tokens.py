@@ -34,7 +34,7 @@ class SoftTokens(torch.nn.Module):
 
     def insert(self, states: torch.Tensor) -> torch.Tensor:
         """[B, L, D] -> [B, L + m, D]: the start token, the soft tokens, then the rest."""
-        soft = self.tokens.to(states.dtype).expand(states.shape[0], -1, -1)
+        soft = self.tokens.to(states.device, states.dtype).expand(states.shape[0], -1, -1)
         return torch.cat([states[:, :1], soft, states[:, 1:]], dim=1)
 
 
