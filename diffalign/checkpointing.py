@@ -122,13 +122,31 @@ def resume(accelerator: Accelerator, out: Path, how: str) -> int:
     if not found:
         raise FileNotFoundError(f"--resume {how}: no complete checkpoint under {Path(out) / 'checkpoints'}")
     for path in reversed(found):
+        # Every rank loads its own files (its RNG state); they must agree on whether this checkpoint loaded, or one
+        # rank would fall back while another trains on (or raises and leaves the others waiting).
+        error = None
         try:
-            return load_checkpoint(accelerator, path)
+            step = load_checkpoint(accelerator, path)
         except BrokenCheckpoint as err:
-            if how == "latest":
-                raise BrokenCheckpoint(f"{err}. Pass --resume latest-valid to fall back to the newest checkpoint "
-                                       "that loads, or --resume PATH.") from err
-            if accelerator.is_main_process:
-                print(f"diffalign train: {err}; falling back to the previous checkpoint", file=sys.stderr)
+            error, step = err, -1
+        loaded_everywhere = _all_ranks(accelerator, error is None)
+        if loaded_everywhere:
+            return step
+        error = error or BrokenCheckpoint(f"checkpoint {path} is broken on another process")
+        if how == "latest":
+            raise BrokenCheckpoint(f"{error}. Pass --resume latest-valid to fall back to the newest checkpoint "
+                                   "that loads, or --resume PATH.") from error
+        if accelerator.is_main_process:
+            print(f"diffalign train: {error}; falling back to the previous checkpoint", file=sys.stderr)
     raise BrokenCheckpoint(f"--resume latest-valid: none of the {len(found)} checkpoints under "
                            f"{Path(out) / 'checkpoints'} loads")
+
+
+def _all_ranks(accelerator: Accelerator, ok: bool) -> bool:
+    """True when ``ok`` holds on every process (a min-reduction; no collective with one process)."""
+    if accelerator.num_processes == 1:
+        return ok
+    import torch
+
+    flag = torch.tensor([1.0 if ok else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() == accelerator.num_processes)
