@@ -21,7 +21,7 @@ from .data.encoding_cache import FrozenEncoders
 from .data.examples import without_skipped
 from .data.factory import build_training_data
 from .models.conditioning import conditioner_for
-from .models.loading import load_sd_components, load_tokenizer
+from .models.loading import freeze_encoders, load_sd_components, load_tokenizer
 from .objectives import get_objective
 
 
@@ -41,11 +41,7 @@ def fill_encoding_cache(cfg: Config, processes: int = 1) -> dict:
     # The same components, dtypes and conditioning as train.py, so the entries are the ones training would make.
     parts = load_sd_components(cfg.model.pretrained, cfg.model.revision, cfg.model.variant, tokenizer,
                                vae=cfg.model.vae)
-    vae_dtype = torch.float32 if parts.kind == "sdxl" and not cfg.model.vae else dtype
-    parts.vae.requires_grad_(False).eval().to(device, dtype=vae_dtype)
-    for frozen in (parts.text_encoder, parts.text_encoder_2):
-        if frozen is not None:
-            frozen.requires_grad_(False).eval().to(device, dtype=dtype)
+    freeze_encoders(parts, device, dtype, replacement_vae=bool(cfg.model.vae))
     cache = open_encoding_cache(cfg, dtype)
     encoders = FrozenEncoders(parts.vae, conditioner_for(parts), cache)
     updates_per_epoch = max(1, len(dataset) // per_update)

@@ -32,7 +32,7 @@ from diffalign.config import Config, ConfigError, load_config
 from diffalign.core.step import TrainStep
 from diffalign.data.factory import build_training_data
 from diffalign.models.conditioning import conditioner_for
-from diffalign.models.loading import load_sd_components, load_tokenizer, pipeline_class
+from diffalign.models.loading import freeze_encoders, load_sd_components, load_tokenizer, pipeline_class
 from diffalign.models.lora import attach_lora, save_lora
 from diffalign.models.lora_checkpoint import register_frozen_unet_checkpointing, register_lora_checkpointing
 from diffalign.models.soft_tokens import attach_soft_tokens, save_soft_tokens
@@ -148,12 +148,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     parts = load_sd_components(cfg.model.pretrained, cfg.model.revision, cfg.model.variant, tokenizer,
                                vae=cfg.model.vae)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    # SDXL's VAE overflows in fp16: it stays float32 unless a replacement VAE (model.vae, e.g. the fp16-fix) is set.
-    vae_dtype = torch.float32 if parts.kind == "sdxl" and not cfg.model.vae else weight_dtype
-    parts.vae.requires_grad_(False).eval().to(accelerator.device, dtype=vae_dtype)
-    for frozen in (parts.text_encoder, parts.text_encoder_2):
-        if frozen is not None:
-            frozen.requires_grad_(False).eval().to(accelerator.device, dtype=weight_dtype)
+    freeze_encoders(parts, accelerator.device, weight_dtype, replacement_vae=bool(cfg.model.vae))
     unet = parts.unet
     reference = soft_tokens = None
     trains = getattr(objective, "trains", "unet")  # what the objective trains: the UNet, or SoftREPA's tokens

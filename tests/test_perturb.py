@@ -154,5 +154,9 @@ def test_a_model_that_ships_code_loads_only_with_trust_remote_code(tiny_lm, tmp_
     assert cfg.model.trust_remote_code is False
     with pytest.raises(ValueError, match="trust_remote_code"):
         build_training_data(cfg.data, "captions", build_clip_tokenizer(), 0, 4, cfg.model.trust_remote_code)
-    dataset, _, _ = build_training_data(cfg.data, "captions", build_clip_tokenizer(), 0, 4, trust_remote_code=True)
+    trusted = load_config(overrides=[("method", "tdpo"), ("data.source", "assets/toy-data/captioned.parquet"),
+                                     ("data.perturber_model", str(remote)), ("data.max_pairs", "8"),
+                                     ("model.trust_remote_code", "true")])  # the user's opt-in
+    dataset, _, _ = build_training_data(trusted.data, "captions", build_clip_tokenizer(), 0, 4,
+                                        trusted.model.trust_remote_code)
     assert getattr(dataset.perturber.generate.model, "ran_remote_code", False)

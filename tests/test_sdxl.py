@@ -173,9 +173,12 @@ def test_a_sdxl_full_finetune_reloads_in_the_sdxl_pipeline(tiny_sdxl, tmp_path):
     summary = train(_cfg(tiny_sdxl, tmp_path, "dpo", [("lora.enabled", "false"), ("train.lr", "1e-3")]))
     pipe = StableDiffusionXLPipeline.from_pretrained(
         tiny_sdxl, unet=UNet2DConditionModel.from_pretrained(summary["unet"]))
-    image = pipe("a red circle", num_inference_steps=2, height=32, width=32, output_type="np",
-                 generator=torch.Generator().manual_seed(0)).images
+    kwargs = dict(num_inference_steps=2, height=32, width=32, output_type="np")
+    image = pipe("a red circle", generator=torch.Generator().manual_seed(0), **kwargs).images
+    base = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl)("a red circle", generator=torch.Generator().manual_seed(0),
+                                                               **kwargs).images
     assert image.shape == (1, 32, 32, 3) and (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert abs(image - base).max() > 1e-4  # the fine-tuned UNet, not the base, is what the pipeline runs
 
 
 @pytest.mark.parametrize("precision", ["no", "bf16"])

@@ -35,17 +35,15 @@ class SamplingSettings:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _segment_embeddings(pipe, prompts: list[str], max_length: int) -> dict:
-    """LongAlign segment encoding of the prompts and of the empty negative prompt (SD pipelines)."""
-    from ..models.segment_encoding import encode_prompts
+def _long_prompt_pipeline(pipe, max_length: int):
+    """The same components in pipelines/long_prompt_sd.py's pipeline: prompts through segment encoding."""
+    from pipelines.long_prompt_sd import LongPromptStableDiffusionPipeline
 
     if hasattr(pipe, "text_encoder_2"):
         raise ValueError("text_encoding 'segments' in evaluation supports SD 1.x/2.x pipelines only, not SDXL")
-    encoders = [(pipe.tokenizer, pipe.text_encoder)]
-    states, _ = encode_prompts(prompts, encoders, max_length)
-    negative, _ = encode_prompts([""] * len(prompts), encoders, max_length)
-    dtype = pipe.unet.dtype
-    return {"prompt_embeds": states.to(pipe.device, dtype), "negative_prompt_embeds": negative.to(pipe.device, dtype)}
+    long = LongPromptStableDiffusionPipeline(**pipe.components)
+    long.max_text_length = max_length
+    return long
 
 
 def case_key(prompt: str, seed: int) -> str:
@@ -68,11 +66,11 @@ def images_for(spec: ModelSpec, prompts: list[str], seeds: list[int], settings: 
     if missing:
         pipe = load_pipeline(spec, device, getattr(torch, settings.dtype))
         size = {k: v for k, v in (("height", settings.height), ("width", settings.width)) if v}
-        wanted = [prompts[i] for i in missing]
         if settings.text_encoding == "segments":
-            size.update(_segment_embeddings(pipe, wanted, settings.max_text_length))
-        fresh = generate(pipe, wanted, [seeds[i] for i in missing], settings.num_inference_steps,
-                         settings.guidance_scale, batch_size=batch_size, progress=progress, **size)
+            pipe = _long_prompt_pipeline(pipe, settings.max_text_length)
+        fresh = generate(pipe, [prompts[i] for i in missing], [seeds[i] for i in missing],
+                         settings.num_inference_steps, settings.guidance_scale, batch_size=batch_size,
+                         progress=progress, **size)
         if folder:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "model.json").write_text(json.dumps({**asdict(spec), "settings": asdict(settings)}, indent=2))

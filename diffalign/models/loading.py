@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -58,6 +59,16 @@ def _single_file_pipeline(path: str, config: str | None):
         raise ValueError(f"{path}: a {model_type!r} checkpoint is not supported; diffalign trains SD 1.x/2.x "
                          "and SDXL base checkpoints")
     return kind, pipeline_class(kind).from_single_file(path, config=config)
+
+
+def freeze_encoders(parts: SDComponents, device, dtype, replacement_vae: bool = False) -> None:
+    """Frozen VAE and text encoder(s) on ``device`` in ``dtype`` (the training precision). SDXL's own VAE
+    overflows in fp16, so it stays float32 unless a replacement VAE (e.g. the fp16-fix) was loaded."""
+    vae_dtype = torch.float32 if parts.kind == "sdxl" and not replacement_vae else dtype
+    parts.vae.requires_grad_(False).eval().to(device, dtype=vae_dtype)
+    for frozen in (parts.text_encoder, parts.text_encoder_2):
+        if frozen is not None:
+            frozen.requires_grad_(False).eval().to(device, dtype=dtype)
 
 
 def pipeline_kind(pretrained: str, revision: str | None = None) -> str:

@@ -18,46 +18,44 @@ def register_lora_checkpointing(accelerator, unet) -> None:
     """Make ``accelerator.save_state/load_state`` store only ``unet``'s LoRA weights for that model."""
     target = accelerator.unwrap_model(unet)
 
+    def save(output_dir):
+        if accelerator.is_main_process:
+            state = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(target).items()}
+            save_file(state, str(Path(output_dir) / ADAPTER_FILE))
+
+    def load(input_dir):
+        path = Path(input_dir) / ADAPTER_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{input_dir} holds no {ADAPTER_FILE}: not a LoRA checkpoint of this run")
+        result = set_peft_model_state_dict(target, load_file(str(path)))
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"{path}: keys that fit no adapter weight: {result.unexpected_keys[:5]}")
+
+    _replace_model_state(accelerator, unet, save, load)
+
+
+def register_frozen_unet_checkpointing(accelerator, unet) -> None:
+    """Leave a fully frozen ``unet`` out of ``save_state``/``load_state`` (it is the base, unchanged; what trains
+    is registered separately, e.g. SoftREPA's tokens)."""
+    _replace_model_state(accelerator, unet, lambda output_dir: None, lambda input_dir: None)
+
+
+def _replace_model_state(accelerator, unet, save, load) -> None:
+    """accelerate hooks: for ``unet``, run ``save(dir)`` / ``load(dir)`` instead of its full state dict."""
+    target = accelerator.unwrap_model(unet)
+
     def save_hook(models, weights, output_dir):
         for i, model in enumerate(models):
             if accelerator.unwrap_model(model) is target:
-                if accelerator.is_main_process:
-                    state = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(target).items()}
-                    save_file(state, str(Path(output_dir) / ADAPTER_FILE))
+                save(output_dir)
                 weights.pop(i)  # accelerate then skips writing this model's full state dict
                 break
 
     def load_hook(models, input_dir):
         for i, model in enumerate(models):
             if accelerator.unwrap_model(model) is target:
-                path = Path(input_dir) / ADAPTER_FILE
-                if not path.is_file():
-                    raise FileNotFoundError(f"{input_dir} holds no {ADAPTER_FILE}: not a LoRA checkpoint of this run")
-                result = set_peft_model_state_dict(target, load_file(str(path)))
-                if getattr(result, "unexpected_keys", None):
-                    raise ValueError(f"{path}: keys that fit no adapter weight: {result.unexpected_keys[:5]}")
+                load(input_dir)
                 models.pop(i)  # accelerate then does not load a full state dict into it
-                break
-
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
-
-
-def register_frozen_unet_checkpointing(accelerator, unet) -> None:
-    """Leave a fully frozen ``unet`` out of ``save_state``/``load_state`` (it is the base, unchanged; what trains
-    is registered separately, e.g. SoftREPA's tokens)."""
-    target = accelerator.unwrap_model(unet)
-
-    def save_hook(models, weights, output_dir):
-        for i, model in enumerate(models):
-            if accelerator.unwrap_model(model) is target:
-                weights.pop(i)
-                break
-
-    def load_hook(models, input_dir):
-        for i, model in enumerate(models):
-            if accelerator.unwrap_model(model) is target:
-                models.pop(i)
                 break
 
     accelerator.register_save_state_pre_hook(save_hook)

@@ -23,15 +23,9 @@ def generate(
     guidance_scale: float = DEFAULT_GUIDANCE,
     batch_size: int = 64,
     progress: bool = True,
-    prompt_embeds=None,
-    negative_prompt_embeds=None,
     **pipe_kwargs,
 ) -> np.ndarray:
-    """uint8 images [N, H, W, 3] for the N cases (prompts[i], seeds[i]).
-
-    ``prompt_embeds`` / ``negative_prompt_embeds`` [N, L, D]: conditioning made elsewhere (e.g. segment encoding of
-    long prompts) used instead of the pipeline's own encoding of ``prompts``.
-    """
+    """uint8 images [N, H, W, 3] for the N cases (prompts[i], seeds[i])."""
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; pass one seed per prompt")
     pipe.set_progress_bar_config(disable=True)
@@ -40,10 +34,8 @@ def generate(
     for start in tqdm(starts, desc="sampling", disable=not progress):
         chunk = slice(start, start + batch_size)
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[chunk]]
-        text = {"prompt": prompts[chunk]} if prompt_embeds is None else {
-            "prompt_embeds": prompt_embeds[chunk], "negative_prompt_embeds": negative_prompt_embeds[chunk]}
         result = pipe(
-            **text, generator=generators, num_inference_steps=num_inference_steps,
+            prompts[chunk], generator=generators, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, output_type="np", **pipe_kwargs,
         )
         out.append((result.images * 255).round().clip(0, 255).astype(np.uint8))
