@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .paths import TOY_DATA, TOY_SD, refuse_overwrite
+from .paths import TOY_CLIP, TOY_DATA, TOY_SD, refuse_overwrite
 
 
 def _load_toy_pipeline(path: str):
@@ -46,6 +46,16 @@ def _data_feedback(args) -> None:
     from .data.convert import pairs_to_feedback
 
     print(json.dumps(pairs_to_feedback(args.source, args.split, args.out), indent=2))
+
+
+def _toy_clip(args) -> None:
+    from .toy.clip import ToyClipConfig, train_toy_clip
+
+    refuse_overwrite(Path(args.out), args.overwrite)
+    cfg = ToyClipConfig(seed=args.seed)
+    if args.steps is not None:
+        cfg.steps = args.steps
+    print(json.dumps(train_toy_clip(args.out, cfg), indent=2))
 
 
 def _toy_captioned(args) -> None:
@@ -157,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_toy_data)
+
+    p = toy_sub.add_parser("clip", help="train the toy world's tiny CLIP (PPD's user encoder on the toy; CPU)")
+    p.add_argument("--out", default=str(TOY_CLIP))
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_toy_clip)
 
     p = toy_sub.add_parser("captioned", help="ground-truth renders with their captions (TPO training data)")
     p.add_argument("--out", default=str(TOY_DATA / "captioned.parquet"))

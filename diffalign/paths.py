@@ -6,6 +6,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 ASSETS = REPO_ROOT / "assets"
 TOY_SD = ASSETS / "toy-sd"
 TOY_DATA = ASSETS / "toy-data"
+TOY_CLIP = ASSETS / "toy-clip"
 
 
 def refuse_overwrite(path: Path, overwrite: bool) -> None:

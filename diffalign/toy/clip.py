@@ -1,0 +1,119 @@
+"""A tiny CLIP of the toy world (`diffalign toy clip`): image and caption embeddings learned contrastively.
+
+Real images get their embeddings from a real CLIP (e.g. ``openai/clip-vit-large-patch14``); the toy world needs one
+of its own so that the same code paths (PPD's CLIP-difference user encoder, CLIP-style scorers) run on it. Trained
+from scratch on random renders whose captions state size, position and background most of the time, so the image
+embedding carries those attributes (what the personas' tastes read) and not only colour and shape.
+
+Saved as a transformers ``CLIPModel`` + ``CLIPProcessor`` folder (``assets/toy-clip``), loadable offline with
+``CLIPModel.from_pretrained`` like any CLIP. Deterministic under its seed on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+from ..models.tokenizer import MAX_LENGTH, build_clip_tokenizer
+from .captions import write
+from .model import text_encoder_config
+from .render import render
+from .world import CANVAS, realise, sample_spec
+
+# OpenAI CLIP's pixel normalisation; the processor saved with the model applies the same.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+EMBED_DIM = 64
+
+
+def make_toy_clip() -> CLIPModel:
+    """A ViT on 32x32 images (4x4 patches: 64 tokens) and the toy text tower's shape, both projected to 64."""
+    text = text_encoder_config().to_dict()
+    vision = dict(image_size=CANVAS, patch_size=4, num_channels=3, hidden_size=64, intermediate_size=256,
+                  num_hidden_layers=4, num_attention_heads=4, hidden_act="quick_gelu", projection_dim=EMBED_DIM)
+    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=EMBED_DIM))
+
+
+def make_processor(tokenizer=None) -> CLIPProcessor:
+    image_processor = CLIPImageProcessor(do_resize=True, size={"shortest_edge": CANVAS}, do_center_crop=True,
+                                         crop_size={"height": CANVAS, "width": CANVAS}, do_normalize=True,
+                                         image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+    return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer or build_clip_tokenizer())
+
+
+def normalise(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, 32, 32, 3] -> CLIP pixel values [N, 3, 32, 32] (what the saved processor gives at 32x32)."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    return (x - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
+
+
+def clip_batch(rng: np.random.Generator, n: int, multi_fraction: float = 0.15) -> tuple[list[str], np.ndarray]:
+    """n renders with captions that state size/position/background with odds 0.8 each (single objects)."""
+    captions, images = [], []
+    for _ in range(n):
+        n_objects = int(rng.integers(2, 5)) if rng.random() < multi_fraction else 1
+        spec = sample_spec(rng, p_size=0.8, p_position=0.8, p_background=0.8, n_objects=n_objects)
+        captions.append(write(spec, "short", rng))
+        images.append(render(realise(spec, rng)))
+    return captions, np.stack(images)
+
+
+@dataclass
+class ToyClipConfig:
+    seed: int = 0
+    steps: int = 1000
+    batch_size: int = 256
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+
+
+def train_toy_clip(out_dir: str | Path, cfg: ToyClipConfig | None = None) -> dict:
+    """Train and save the toy CLIP; returns a summary with held-out retrieval accuracy (image -> its caption)."""
+    cfg = cfg or ToyClipConfig()
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    tokenizer = build_clip_tokenizer()
+    model = make_toy_clip().train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lr_at = lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps))  # noqa
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    start = time.time()
+    for step in tqdm(range(cfg.steps), desc="toy clip"):
+        captions, images = clip_batch(rng, cfg.batch_size)
+        # Padded to the batch's longest caption, not 77: the text tower costs a fifth as much.
+        text = tokenizer(captions, padding="longest", max_length=MAX_LENGTH, truncation=True, return_tensors="pt")
+        out = model(**text, pixel_values=normalise(images))
+        labels = torch.arange(len(captions))
+        # Identical captions in a batch are true matches too; CLIP's loss ignores that (rare here: 1 in ~10^3).
+        loss = 0.5 * (F.cross_entropy(out.logits_per_image, labels) + F.cross_entropy(out.logits_per_text, labels))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    make_processor(tokenizer).save_pretrained(out_dir)
+    summary = {"steps": cfg.steps, "batch_size": cfg.batch_size, "train_seconds": round(time.time() - start, 1),
+               "final_loss": float(loss), "heldout_retrieval": retrieval_accuracy(model, tokenizer)}
+    return summary
+
+
+@torch.no_grad()
+def retrieval_accuracy(model: CLIPModel, tokenizer, n: int = 256, seed: int = 10_000) -> float:
+    """Fraction of n fresh renders whose own caption is the most similar of the n captions."""
+    captions, images = clip_batch(np.random.default_rng(seed), n)
+    text = tokenizer(captions, padding="longest", max_length=MAX_LENGTH, truncation=True, return_tensors="pt")
+    logits = model(**text, pixel_values=normalise(images)).logits_per_image  # [n, n]
+    same = torch.tensor([[a == b for b in captions] for a in captions])
+    return float(same[torch.arange(n), logits.argmax(1)].float().mean())
