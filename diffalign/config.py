@@ -204,10 +204,17 @@ def _resolve_embedded_paths(cfg: Config) -> None:
     when it does not exist here but does there. Paths that exist where the user runs win."""
     from .paths import REPO_ROOT
 
+    def resolved(value):
+        if isinstance(value, str) and value and not Path(value).is_absolute() and not Path(value).exists() \
+                and (REPO_ROOT / value).exists():
+            return str(REPO_ROOT / value)
+        return value
+
     for section, key in ((cfg.model, "pretrained"), (cfg.data, "source")):
-        value = getattr(section, key)
-        if value and not Path(value).is_absolute() and not Path(value).exists() and (REPO_ROOT / value).exists():
-            setattr(section, key, str(REPO_ROOT / value))
+        setattr(section, key, resolved(getattr(section, key)))
+    for key in ("user_encoder_model",):  # objective options that name an embedded asset (PPD's toy CLIP)
+        if key in cfg.objective:
+            cfg.objective[key] = resolved(cfg.objective[key])
 
 
 def objective_options(cls) -> list[str]:
@@ -284,18 +291,21 @@ def validate(cfg: Config, given: dict | None = None, overridden: set[str] = froz
     if t.optimizer not in ("adamw", "adamw_8bit", "adafactor"):
         raise ConfigError(f"train.optimizer: expected adamw, adamw_8bit or adafactor; got {t.optimizer!r}")
     if t.ema_reference_decay is not None:
-        if cfg.lora.enabled or not objective.needs_reference:
+        if cfg.lora.enabled or not objective.needs_reference or getattr(objective, "trains", "unet") != "unet":
             raise ConfigError("train.ema_reference_decay needs full fine-tuning (lora.enabled: false) and a method "
                               f"with a reference (not {cfg.method}); a LoRA reference is the adapter-free UNet")
         if not 0 < t.ema_reference_decay < 1:
             raise ConfigError(f"train.ema_reference_decay must be in (0, 1); got {t.ema_reference_decay}")
+    if t.validation_every and getattr(objective, "trains", "unet") == "user_adapter":
+        raise ConfigError(f"train.validation_every: {cfg.method}'s images depend on a user, which a validation grid "
+                          "has none of; measure with benchmarks/ppd_personas.py or pipelines/personalized_sd.py")
     for name in ("checkpoint_every", "checkpoints_total_limit", "validation_every"):
         if getattr(t, name) < 0:
             raise ConfigError(f"train.{name} must be >= 0; got {getattr(t, name)}")
 
 
 def _lora_in_use(cfg, objective) -> bool:
-    return cfg.lora.enabled and getattr(objective, "trains", "unet") == "unet"
+    return cfg.lora.enabled and getattr(objective, "trains", "unet") in ("unet", "user_adapter")
 
 
 # Settings that only some methods or modes read: (section, key, who reads it, the key that picks the mode,
@@ -324,7 +334,7 @@ def _reject_ignored_settings(cfg: Config, objective, given: dict, overridden: se
     for section, key, reader, mode_key, in_use in _SETTINGS_IN_USE:
         if key not in (given.get(section) or {}) or in_use(cfg, objective):
             continue
-        mode = f"method {cfg.method}" if section != "lora" or getattr(objective, "trains", "unet") != "unet" \
+        mode = f"method {cfg.method}" if section != "lora" or getattr(objective, "trains", "unet") not in ("unet", "user_adapter") \
             else "full fine-tuning (lora.enabled: false)"
         message = f"{section}.{key} is set but {mode} does not use it: it applies only to {reader}"
         if f"{section}.{key}" not in overridden and mode_key in overridden:

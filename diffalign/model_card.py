@@ -11,8 +11,13 @@ import yaml
 def write_model_card(cfg, summary: dict, out_dir: str | Path) -> Path:
     comparison = summary.get("comparison")
     results = comparison["text"] if comparison else "No evaluation was run with this training job."
+    pipeline, module = "StableDiffusionPipeline", "diffusers"
+    if "user_adapter" in summary:  # PPD: the personalised pipeline, with a user's embedding at call time
+        pipeline, module = "PersonalizedStableDiffusionPipeline", "pipelines.personalized_sd"
     load = ("load_soft_tokens(pipe.unet, \"<this folder>\")  # from diffalign.models.soft_tokens"
-            if "soft_tokens" in summary else "pipe.load_lora_weights(\"<this folder>\")" if cfg.lora.enabled
+            if "soft_tokens" in summary else
+            "pipe.load_user_adapter(\"<this folder>\")  # then pipe(prompt, user_examples=[UserExample(...), ...])"
+            if "user_adapter" in summary else "pipe.load_lora_weights(\"<this folder>\")" if cfg.lora.enabled
             else "pipe.unet = UNet2DConditionModel.from_pretrained(\"<this folder>/unet\")")
     text = f"""---
 base_model: {cfg.model.pretrained}
@@ -25,8 +30,8 @@ Trained with diffalign (`{cfg.method}`) on `{cfg.data.source}`: {summary['steps'
 {summary['examples_seen']} examples (pairs or images) seen, {summary['train_seconds']} s of training
 ({summary['ties_dropped']} tied pairs dropped).
 
-    from diffusers import StableDiffusionPipeline
-    pipe = StableDiffusionPipeline.from_pretrained("{cfg.model.pretrained}")
+    from {module} import {pipeline}
+    pipe = {pipeline}.from_pretrained("{cfg.model.pretrained}")
     {load}
 
 ## Measured results

@@ -36,6 +36,8 @@ from diffalign.models.loading import freeze_encoders, load_sd_components, load_t
 from diffalign.models.lora import attach_lora, save_lora
 from diffalign.models.lora_checkpoint import register_frozen_unet_checkpointing, register_lora_checkpointing
 from diffalign.models.soft_tokens import attach_soft_tokens, save_soft_tokens
+from diffalign.models.user_attention import attach_user_adapter, save_user_adapter
+from diffalign.models.user_encoders import build_user_encoder
 from diffalign.objectives import get_objective
 from diffalign.paths import REPO_ROOT, refuse_overwrite
 
@@ -121,6 +123,25 @@ def ema_update(reference: torch.nn.Module, policy: torch.nn.Module, decay: float
     torch._foreach_lerp_(ref_params, policy_params, 1.0 - decay)
 
 
+def average_gradients(accelerator: Accelerator, params) -> None:
+    """Mean of each parameter's gradient over processes, in place: what DDP does for the UNet's parameters, for
+    trained modules that are not part of it (PPD's user adapter). A no-op on one process."""
+    if accelerator.num_processes == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            p.grad.copy_(accelerator.reduce(p.grad, reduction="mean"))
+
+
+def broadcast_parameters(accelerator: Accelerator, params) -> None:
+    """Every process takes process 0's values (what DDP does for its own module at wrap time)."""
+    if accelerator.num_processes == 1:
+        return
+    with torch.no_grad():
+        for p in params:
+            torch.distributed.broadcast(p.data, src=0)
+
+
 class NonFiniteTraining(RuntimeError):
     """Too many non-finite updates in a row (see train.max_nonfinite_updates)."""
 
@@ -142,7 +163,9 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     per_update = cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes
     try:
         dataset, sampler, collate = build_training_data(cfg.data, objective.pair_axis, tokenizer, cfg.train.seed,
-                                                        per_update, cfg.model.trust_remote_code)
+                                                        per_update, cfg.model.trust_remote_code,
+                                                        getattr(objective, "examples_per_user", None),
+                                                        getattr(objective, "reversed_users", 0.0))
     except ValueError as err:
         raise ConfigError(str(err)) from err
     parts = load_sd_components(cfg.model.pretrained, cfg.model.revision, cfg.model.variant, tokenizer,
@@ -150,7 +173,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     freeze_encoders(parts, accelerator.device, weight_dtype, replacement_vae=bool(cfg.model.vae))
     unet = parts.unet
-    reference = soft_tokens = None
+    reference = soft_tokens = user_adapter = None
     trains = getattr(objective, "trains", "unet")  # what the objective trains: the UNet, or SoftREPA's tokens
     if trains == "soft_tokens":
         if accelerator.num_processes > 1:
@@ -158,6 +181,16 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         blocks = ("down", "mid") if parts.kind == "sdxl" else ("down",)  # SoftREPA: SD down; SDXL down + mid
         soft_tokens = attach_soft_tokens(unet, objective.num_tokens, blocks).to(accelerator.device)
         params = list(soft_tokens.parameters())
+    elif trains == "user_adapter":  # PPD: the user adapter, plus a LoRA with lora.enabled
+        params = attach_lora(unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules) if cfg.lora.enabled \
+            else []
+        if not params:
+            unet.requires_grad_(False)  # adapter only: the UNet is the (frozen) reference itself
+        user_encoder = build_user_encoder(objective.encoder_spec, str(accelerator.device), weight_dtype,
+                                          trust_remote_code=cfg.model.trust_remote_code)
+        user_adapter = attach_user_adapter(unet, user_encoder.dim, objective.num_user_tokens, objective.user_scale,
+                                           objective.encoder_spec).to(accelerator.device)
+        params += list(user_adapter.parameters())
     elif cfg.lora.enabled:
         params = attach_lora(unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules)
     else:
@@ -189,14 +222,18 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                                  num_warmup_steps=cfg.train.warmup_steps * accelerator.num_processes,
                                  num_training_steps=cfg.train.max_steps * accelerator.num_processes)
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
-    if soft_tokens is not None:
-        register_frozen_unet_checkpointing(accelerator, unet)  # the tokens are the state, not the frozen UNet
-        accelerator.register_for_checkpointing(soft_tokens)
-    elif cfg.lora.enabled:
+    if user_adapter is not None:  # outside DDP, so nothing else makes every rank start from rank 0's weights
+        broadcast_parameters(accelerator, user_adapter.parameters())
+    if cfg.lora.enabled and trains != "soft_tokens":
         register_lora_checkpointing(accelerator, unet)  # checkpoints hold the adapter, not the frozen base
+    elif trains != "unet":
+        register_frozen_unet_checkpointing(accelerator, unet)  # what trains is registered below, not the UNet
+    for outside in (soft_tokens, user_adapter):  # trained modules that live outside the UNet's parameters
+        if outside is not None:
+            accelerator.register_for_checkpointing(outside)
     cache = open_encoding_cache(cfg, weight_dtype, accelerator.process_index) if cfg.data.cache_encodings else None
     step_fn = TrainStep(objective, parts.vae, conditioner_for(parts), parts.noise_scheduler, reference, accelerator,
-                        cache)
+                        cache, user_adapter)
 
     updates_per_epoch = len(loader) // cfg.train.grad_accum  # exact: the sampler trims epochs to whole updates
     global_step = resume_from(accelerator, out, resume) if resume else 0
@@ -221,11 +258,16 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         sampler.set_epoch(epoch)
         for batch in batches:
             skipped_samples += batch.get("skipped", 0)
+            if user_adapter is not None and "profile_rows" in batch:  # PPD: each pair's user, from other examples
+                batch["user_embedding"] = dataset.user_embeddings(batch["profile_rows"], user_encoder,
+                                                                  batch["reversed_users"])
             with accelerator.accumulate(unet):
                 loss, metrics = step_fn(unet, batch)
                 accelerator.backward(loss)
                 finite = True
                 if accelerator.sync_gradients:
+                    if user_adapter is not None:  # outside DDP: average its gradients like DDP would
+                        average_gradients(accelerator, user_adapter.parameters())
                     # The norm is the same on every rank (gradients are reduced), so all ranks skip together.
                     limit = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
                     norm = accelerator.clip_grad_norm_(params, limit)
@@ -282,6 +324,9 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                "bad_samples_skipped": int(accelerator.reduce(torch.tensor(skipped_samples, device=accelerator.device),
                                                              reduction="sum")), "ties_dropped": getattr(dataset, "skipped_ties", 0), "examples_available": len(dataset),
                "first_metrics": history[0] if history else {}, "final_metrics": _mean_tail(history)}
+    if user_adapter is not None:
+        summary["pairs_of_users_with_too_few_examples"] = dataset.skipped_few_examples
+        summary["users_with_too_few_examples"] = dataset.skipped_users
     if cache is not None:
         summary["encoding_cache"] = {"directory": str(cache.directory), "hits": cache.hits, "misses": cache.misses,
                                      "encoder_calls": step_fn.encoders.calls}
@@ -289,12 +334,20 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         final = accelerator.unwrap_model(unet)
         if soft_tokens is not None:
             summary["soft_tokens"] = str(save_soft_tokens(soft_tokens, out))
+        elif user_adapter is not None:
+            summary["user_adapter"] = str(save_user_adapter(user_adapter, out))
+            if cfg.lora.enabled:
+                summary["lora"] = str(save_lora(final, out, pipeline_class(parts.kind)))
         elif cfg.lora.enabled:
             summary["lora"] = str(save_lora(final, out, pipeline_class(parts.kind)))
         else:
             final.save_pretrained(out / "unet", safe_serialization=True)
             summary["unet"] = str(out / "unet")
-        if cfg.eval.enabled and _is_toy(cfg):
+        if cfg.eval.enabled and _is_toy(cfg) and user_adapter is not None:
+            from diffalign.toy.personalization import compare_personalized
+
+            summary["comparison"] = compare_personalized(cfg, out)
+        elif cfg.eval.enabled and _is_toy(cfg):
             from diffalign.toy.compare import compare_before_after
 
             summary["comparison"] = compare_before_after(cfg, out)

@@ -62,7 +62,7 @@ def test_wrong_type_names_the_key():
 def test_impossible_objective_options_are_rejected():
     # mapo is reference-free: beta (a reference-margin scale) is not its option; the error lists its own.
     with pytest.raises(ConfigError, match=r"method mapo has no option\(s\) beta \(objective.beta belongs to "
-                                          r"dpo, inpo, kto, tdpo, tkto\); its options: lam, gamma, temperature"):
+                                          r"dpo, inpo, kto, ppd, tdpo, tkto\); its options: lam, gamma, temperature"):
         load_config(overrides=[("method", "mapo"), ("objective.beta", "5000")])
     with pytest.raises(ConfigError, match="objective.inversion_model belongs to inpo"):
         load_config(overrides=[("method", "dpo"), ("objective.inversion_model", "reference")])

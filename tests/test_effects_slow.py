@@ -42,3 +42,25 @@ def test_full_finetuning_beats_the_base_on_the_persona(tmp_path, method):
 def test_caption_methods_raise_fidelity(tmp_path, method):
     result = _run(tmp_path, method)
     assert result["cases"] >= 200 and result["fidelity_win_rate_ci"][0] > 0.5, result["text"]
+
+
+@pytest.fixture(scope="module")
+def ppd_comparison(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("ppd"), "ppd")
+
+
+@pytest.mark.slow
+def test_ppd_personalises_for_two_opposite_personas_and_mixes_monotonically(ppd_comparison):
+    """The README's PPD rows from the trainer's own comparison (200 cases, 4 examples per user): bold and subtle
+    (opposite tastes) each beat the base; mixing bold into subtle moves both scores monotonically. (The comparison
+    with pooled DPO is benchmarks/ppd_personas.py.)"""
+    for persona in ("bold", "subtle"):
+        row = ppd_comparison["personas"][persona]
+        assert ppd_comparison["cases"] >= 200 and row["vs_base"]["ci"][0] > 0.5, ppd_comparison["text"]
+    assert ppd_comparison["interpolation_monotonic"], ppd_comparison["text"]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="unseen persona: 56.5% [49.7%, 63.3%], the lower bound just under 50%", strict=True)
+def test_ppd_personalises_for_the_unseen_persona(ppd_comparison):
+    assert ppd_comparison["personas"]["cosy"]["vs_base"]["ci"][0] > 0.5, ppd_comparison["text"]

@@ -121,9 +121,9 @@ def _spy_on_step(monkeypatch):
 
     seen, original_init, original_call = {}, TrainStep.__init__, TrainStep.__call__
 
-    def init(self, objective, vae, text, scheduler, frozen_reference, accelerator, cache=None):
+    def init(self, objective, vae, text, scheduler, frozen_reference, accelerator, *rest, **options):
         seen["reference"] = frozen_reference
-        original_init(self, objective, vae, text, scheduler, frozen_reference, accelerator, cache)
+        original_init(self, objective, vae, text, scheduler, frozen_reference, accelerator, *rest, **options)
 
     def call(self, unet, batch):
         seen["unet"] = self.accelerator.unwrap_model(unet)

@@ -30,9 +30,12 @@ from .reference import reference_unet
 
 class TrainStep:
     def __init__(self, objective: Objective, vae, text, noise_scheduler, frozen_reference, accelerator,
-                 cache: EncodingCache | None = None):
+                 cache: EncodingCache | None = None, user_adapter=None):
         """``text``: the text encoder (SD) or a conditioner (models/conditioning.py: SD or SDXL).
-        ``cache``: frozen-encoder outputs on disk (data.encoding_cache); the encoders run only on misses."""
+        ``cache``: frozen-encoder outputs on disk (data.encoding_cache); the encoders run only on misses.
+        ``user_adapter``: PPD's (models/user_attention.py); the batch then holds ``user_embedding`` [U, E], one per
+        caption, whose user tokens are appended to each row's text states (with gradient, for the projector)."""
+        self.user_adapter = user_adapter
         self.objective, self.vae = objective, vae
         self.encoders = FrozenEncoders(vae, text, cache)
         self.conditioner = self.encoders.conditioner
@@ -61,6 +64,8 @@ class TrainStep:
         text = torch.zeros(1, 77, config.cross_attention_dim, device=self.accelerator.device)  # [1, 77, D]
         t = torch.zeros(1, dtype=torch.long, device=self.accelerator.device)
         extra = self.conditioner.dummy_unet_kwargs(1, self.accelerator.device)
+        if self.user_adapter is not None:  # its parameters join the (zero) gradient like the other ranks'
+            text = self.user_adapter.append_tokens(text, text.new_zeros(1, self.user_adapter.embed_dim))
         return 0.0 * unet(x, t, encoder_hidden_states=text, **extra).sample.float().sum()
 
     @torch.no_grad()
@@ -96,6 +101,9 @@ class TrainStep:
             return self._no_rows_loss(unet), {}
         batch = self.objective.prepare_batch(batch)
         x_t, t, text, target, extra = self._inputs(unet, batch)  # float32; the prepared UNet autocasts
+        if self.user_adapter is not None:  # [R, 77, D] -> [R, 77 + K, D]
+            users = batch["user_embedding"].to(text.device)[batch["row_text"].to(text.device)]  # [R, E]
+            text = self.user_adapter.append_tokens(text, users)
         detached = batch.get("row_detached")
         if detached is None:
             policy = per_sample_errors(unet, x_t, t, text, target, **extra)  # [R] float32
@@ -112,7 +120,8 @@ class TrainStep:
             # The unwrapped module has no autocast wrapper of its own, so enter accelerate's explicitly.
             # inference_mode: no autograd bookkeeping at all (a little cheaper than no_grad).
             with torch.inference_mode(), self.accelerator.autocast(), \
-                    reference_unet(self.accelerator.unwrap_model(unet), self.frozen_reference) as r:
+                    reference_unet(self.accelerator.unwrap_model(unet), self.frozen_reference,
+                                   [self.user_adapter] if self.user_adapter is not None else ()) as r:
                 ref = per_sample_errors(r, x_t.to(r.dtype), t, text.to(r.dtype), target,
                                         **cast_floats(extra, r.dtype))
             ref = ref.clone()  # [R]; an ordinary tensor again, as the loss combines it with the policy's under autograd

@@ -6,14 +6,21 @@ from ..config import DataConfig
 from .captioned import CaptionedImages, collate_all_combinations, collate_caption_pairs
 from .feedback import FeedbackImages, collate_singles
 from .pairs import PreferencePairs, collate_pairs
+from .user_pairs import UserPreferencePairs, collate_user_pairs
 from .sampler import DesirableRatioSampler, EpochShuffle
 
 
 def build_training_data(cfg: DataConfig, pair_axis: str, tokenizer, seed: int, examples_per_update: int,
-                        trust_remote_code: bool = False):
+                        trust_remote_code: bool = False, examples_per_user: int | None = None,
+                        reversed_users: float = 0.0):
     """``examples_per_update``: batch x accumulation x processes; epochs are trimmed to whole updates.
-    ``trust_remote_code``: passed to the LLM perturber's model loading (model.trust_remote_code)."""
-    if pair_axis == "images":
+    ``trust_remote_code``: passed to the LLM perturber's model loading (model.trust_remote_code).
+    ``examples_per_user``: PPD's profile size; image pairs then come with profiles of their users (and a
+    ``reversed_users`` share shown as the users' reversed twins)."""
+    if pair_axis == "images" and examples_per_user:
+        dataset = UserPreferencePairs(cfg, tokenizer, seed, examples_per_user, reversed_users)
+        collate = collate_user_pairs
+    elif pair_axis == "images":
         dataset, collate = PreferencePairs(cfg, tokenizer, seed), collate_pairs
     elif pair_axis == "single":
         dataset, collate = FeedbackImages(cfg, tokenizer, seed), collate_singles

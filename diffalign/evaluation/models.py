@@ -83,6 +83,9 @@ def load_pipeline(spec: ModelSpec, device: str = "cpu", dtype: torch.dtype = tor
         adapter = Path(spec.adapter)
         if (adapter / "unet").is_dir():
             pipe.unet = UNet2DConditionModel.from_pretrained(adapter / "unet", dtype=dtype)
+        elif (adapter / "user_adapter.json").is_file():  # PPD: its images depend on a user, which eval has none of
+            raise ValueError(f"{adapter} is a PPD user adapter: its images depend on a user. Measure it with "
+                             "benchmarks/ppd_personas.py, or sample with pipelines/personalized_sd.py")
         elif (adapter / "soft_tokens.json").is_file():  # SoftREPA
             from ..models.soft_tokens import load_soft_tokens
 

@@ -8,6 +8,8 @@ like a human rater it mostly wants the caption obeyed, and among faithful images
 - ``subtle``: small, off-centre shapes (exactly the opposite of ``bold``)
 - ``warm``:   warm backgrounds         ((R - B) / 100 of the border colour: peach > beige > white/gray/black > sky)
 - ``skyward``: shapes high in the picture (1 - 2y of the main shape's centre; partly aligned with nothing above)
+- ``cosy``:   large shapes on warm backgrounds (half size, half warmth). It labels no training data: it is PPD's
+              *unseen* user, whose taste mixes what two training personas (bold, warm) like.
 
 Labels: ``P(A preferred over B) = sigmoid((score_A - score_B) / TEMPERATURE)``; a pair whose scores differ by less
 than ``TIE_MARGIN`` is a tie (0.5 / 0.5), like Pick-a-Pic's ties.
@@ -52,9 +54,13 @@ def _skyward(reading: Reading) -> float:
     return float(np.clip(1 - 2 * reading.main.y, -1, 1))
 
 
-TASTES = {"bold": _bold, "subtle": _subtle, "warm": _warm, "skyward": _skyward}
+def _cosy(reading: Reading) -> float:
+    return 0.5 * (2 * _size01(reading) - 1) + 0.5 * _warm(reading)
+
+
+TASTES = {"bold": _bold, "subtle": _subtle, "warm": _warm, "skyward": _skyward, "cosy": _cosy}
 # Tastes that need a main shape give -1 (the worst) when the image has none; warm reads only the background.
-_NEEDS_SHAPE = {"bold", "subtle", "skyward"}
+_NEEDS_SHAPE = {"bold", "subtle", "skyward", "cosy"}
 
 
 def taste(persona: str, reading: Reading) -> float:
