@@ -221,7 +221,11 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     lr_scheduler = get_scheduler(cfg.train.lr_scheduler, optimizer,
                                  num_warmup_steps=cfg.train.warmup_steps * accelerator.num_processes,
                                  num_training_steps=cfg.train.max_steps * accelerator.num_processes)
-    unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+    if any(p.requires_grad for p in unet.parameters()):
+        unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+    else:  # a frozen UNet (PPD's adapter alone): device and mixed precision, no DDP (which refuses it)
+        unet = accelerator.prepare_model(unet, evaluation_mode=True)
+        optimizer, loader, lr_scheduler = accelerator.prepare(optimizer, loader, lr_scheduler)
     if user_adapter is not None:  # outside DDP, so nothing else makes every rank start from rank 0's weights
         broadcast_parameters(accelerator, user_adapter.parameters())
     if cfg.lora.enabled and trains != "soft_tokens":
