@@ -331,6 +331,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     if user_adapter is not None:
         summary["pairs_of_users_with_too_few_examples"] = dataset.skipped_few_examples
         summary["users_with_too_few_examples"] = dataset.skipped_users
+        summary["profile_examples_skipped"] = dataset.skipped_profile_examples
     if cache is not None:
         summary["encoding_cache"] = {"directory": str(cache.directory), "hits": cache.hits, "misses": cache.misses,
                                      "encoder_calls": step_fn.encoders.calls}

@@ -379,3 +379,32 @@ def test_diffalign_eval_refuses_a_ppd_folder_instead_of_ignoring_the_user(tmp_pa
     save_user_adapter(attach_user_adapter(_unet(), embed_dim=4, num_tokens=1), tmp_path)
     with pytest.raises(ValueError, match="PPD user adapter"):
         load_pipeline(ModelSpec("ppd", str(TOY_SD), str(tmp_path)))
+
+
+def test_an_undecodable_profile_image_is_left_out_and_counted_with_skip(tmp_path, tiny_clip):
+    from datasets import load_dataset
+
+    from diffalign.data.examples import BadSample
+    from diffalign.data.user_pairs import UserPreferencePairs
+    from diffalign.models.tokenizer import build_clip_tokenizer
+
+    table = load_dataset("parquet", data_files=str(TOY_DATA / "pairs_multiuser.parquet"), split="train").select(
+        range(60))
+    good = UserPreferencePairs(_multiuser_config(tmp_path, rows=list(range(60))), build_clip_tokenizer())
+    profile = good[0]["profile_rows"]
+    broken = int(profile[0])
+    table.map(lambda row, i: {"jpg_0": b"not an image" if i == broken else row["jpg_0"]},
+              with_indices=True).to_parquet(str(tmp_path / "broken.parquet"))
+    encoder = ClipDifferenceEncoder(tiny_clip)
+    for mode in ("skip", "raise"):
+        cfg = _multiuser_config(tmp_path, on_bad_sample=mode)
+        cfg.source = str(tmp_path / "broken.parquet")
+        ds = UserPreferencePairs(cfg, build_clip_tokenizer())
+        if mode == "raise":
+            with pytest.raises(BadSample, match=f"row {broken} column jpg_0"):
+                ds.user_embeddings(profile[None], encoder)
+            continue
+        e = ds.user_embeddings(profile[None], encoder)[0]
+        expected = encoder.encode_user([good.user_example(r) for r in profile.tolist()[1:]])
+        torch.testing.assert_close(e, expected)  # the user from the three decodable examples
+        assert ds.skipped_profile_examples == 1

@@ -23,7 +23,7 @@ import torch
 
 from ..config import DataConfig
 from ..models.user_encoders import UserEncoder, UserExample
-from .examples import decode_image, without_skipped
+from .examples import BadSample, decode_image, without_skipped
 from .pairs import PreferencePairs, collate_pairs
 
 
@@ -73,6 +73,7 @@ class UserPreferencePairs(PreferencePairs):
             raise ValueError(f"{cfg.source}: no user has more than {self.k} decisive pairs, so no pair can get a "
                              f"profile of {self.k} other examples (lower objective.examples_per_user)")
         self.rows, self.users = keep, users
+        self.skipped_profile_examples = 0  # undecodable profile images left out (data.on_bad_sample: skip)
 
     def load(self, i: int) -> dict:
         example = super().load(i)
@@ -95,8 +96,24 @@ class UserPreferencePairs(PreferencePairs):
                         reversed_users: torch.Tensor | None = None) -> torch.Tensor:
         """[B, k] table rows (and [B] bool: the reversed twin's) -> [B, E] user embeddings (float32)."""
         flags = reversed_users.tolist() if reversed_users is not None else [False] * len(profile_rows)
-        return torch.stack([encoder.encode_user([self.user_example(r, flip) for r in rows.tolist()])
-                            for rows, flip in zip(profile_rows, flags)])
+        return torch.stack([self._embed_profile(rows.tolist(), flip, encoder) for rows, flip in zip(profile_rows, flags)])
+
+    def _embed_profile(self, rows: list[int], flip: bool, encoder: UserEncoder) -> torch.Tensor:
+        """With ``data.on_bad_sample: skip``, a profile example whose image cannot be decoded is left out (counted
+        in ``skipped_profile_examples``) and the user is embedded from the rest; otherwise it stops the run."""
+        examples = [self.user_example(r, flip) for r in rows]
+        if self.cfg.on_bad_sample != "skip":
+            return encoder.encode_user(examples)
+        usable = []
+        for example in examples:
+            try:
+                example.chosen, example.rejected  # noqa: B018  (decode now: a bad image raises here)
+                usable.append(example)
+            except BadSample:
+                self.skipped_profile_examples += 1
+        if not usable:
+            raise BadSample(f"{self.cfg.source}: no image of profile rows {rows} could be decoded")
+        return encoder.encode_user(usable)
 
 
 def collate_user_pairs(examples: list[dict]) -> dict:
