@@ -408,3 +408,56 @@ def test_an_undecodable_profile_image_is_left_out_and_counted_with_skip(tmp_path
         expected = encoder.encode_user([good.user_example(r) for r in profile.tolist()[1:]])
         torch.testing.assert_close(e, expected)  # the user from the three decodable examples
         assert ds.skipped_profile_examples == 1
+
+
+def test_the_step_conditions_each_pairs_rows_on_its_own_user_and_the_reference_on_none(tmp_path):
+    """Changing pair 0's user embedding changes the policy errors of pair 0's two rows only, and no reference
+    error (the reference is the base model)."""
+    from accelerate import Accelerator
+    from diffusers import StableDiffusionPipeline
+
+    from diffalign.core.step import TrainStep
+    from diffalign.data.user_pairs import UserPreferencePairs, collate_user_pairs
+    from diffalign.models.tokenizer import build_clip_tokenizer
+    from diffalign.objectives import get_objective
+
+    pipe = StableDiffusionPipeline.from_pretrained(TOY_SD)
+    pipe.unet.requires_grad_(False)
+    adapter = attach_user_adapter(pipe.unet, embed_dim=8, num_tokens=2)
+    _randomise(adapter)
+    objective = get_objective("ppd", user_encoder_model="unused", beta=1000.0)
+    seen = []
+    original = objective.row_loss
+    objective.row_loss = lambda policy, ref, batch: seen.append((policy.detach(), ref)) or original(policy, ref, batch)
+    step = TrainStep(objective, pipe.vae, pipe.text_encoder, pipe.scheduler, None, Accelerator(cpu=True),
+                     user_adapter=adapter)
+    ds = UserPreferencePairs(_multiuser_config(tmp_path, max_pairs=60), build_clip_tokenizer())
+    batch = collate_user_pairs([ds[i] for i in range(3)])  # rows (w0, w1, w2, l0, l1, l2)
+    users = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+    other = users.clone()
+    other[0] = torch.randn(8, generator=torch.Generator().manual_seed(1))
+    for embedding in (users, other):
+        step(pipe.unet, {**batch, "user_embedding": embedding})
+    (policy_a, ref_a), (policy_b, ref_b) = seen
+    changed = (policy_a - policy_b).abs() > 1e-7
+    assert changed.tolist() == [True, False, False, True, False, False]
+    torch.testing.assert_close(ref_a, ref_b, rtol=0, atol=0)
+
+
+def test_the_toy_personalisation_measurement_is_consistent(tmp_path):
+    """measure_personalization (the trainer's ppd comparison and the benchmark), on a random adapter, 2 sampling
+    steps: the w = 0 mix is the first user alone, and the win rate is computed from the reported scores."""
+    from diffalign.toy.personalization import measure_personalization
+
+    adapter = attach_user_adapter(_unet(), embed_dim=64, num_tokens=2,
+                                  encoder_spec={"kind": "clip_difference", "model": str(TOY_CLIP)})
+    _randomise(adapter, seed=4)
+    save_user_adapter(adapter, tmp_path / "ppd")
+    r = measure_personalization(str(TOY_SD), tmp_path / "ppd", personas=("bold",), seeds_per_prompt=1,
+                                num_inference_steps=2, out_dir=tmp_path / "out")
+    bold = r["personas"]["bold"]
+    assert r["cases"] == 20 and (tmp_path / "out" / "grid.png").is_file()
+    assert r["interpolation"]["0.0"]["bold"] == pytest.approx(bold["score_personalized"])
+    assert r["interpolation"]["1.0"]["subtle"] != pytest.approx(r["interpolation"]["0.0"]["subtle"])  # users differ
+    wins, ties, losses = bold["vs_base"]["wins_ties_losses"]
+    assert wins + ties + losses == 20 and bold["vs_base"]["rate"] == pytest.approx((wins + ties / 2) / 20)

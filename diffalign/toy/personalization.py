@@ -59,34 +59,25 @@ def _persona_scores(images: np.ndarray, prompts: list[str], persona: str) -> np.
     return np.array([judge(im, p).personas[persona] for im, p in zip(images, prompts)])
 
 
-def _load(base: str, adapter_dir: str | Path | None, pipeline_cls):
-    pipe = pipeline_cls.from_pretrained(base)
-    if adapter_dir is not None:
-        if hasattr(pipe, "load_user_adapter"):
-            pipe.load_user_adapter(str(adapter_dir))
-        else:
-            pipe.load_lora_weights(str(adapter_dir), adapter_name="evaluated")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 @torch.no_grad()
 def measure_personalization(base: str, ppd_dir: str | Path, pooled_dir: str | Path | None = None,
                             personas: tuple[str, ...] = (*TRAINED_PERSONAS, UNSEEN_PERSONA), k: int = 4,
                             seeds_per_prompt: int = 10, num_inference_steps: int = 25, guidance_scale: float = 5.0,
                             mix: tuple[str, str] = ("bold", "subtle"), out_dir: str | Path | None = None) -> dict:
     """Win rates (persona score, paired by case) of the personalised model over the base and the pooled model."""
-    from diffusers import StableDiffusionPipeline
-
     from pipelines.personalized_sd import PersonalizedStableDiffusionPipeline
+
+    from ..evaluation.models import ModelSpec, load_pipeline
 
     prompts, seeds = cases(prompt_set("persona"), seeds_per_prompt)
     settings = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, progress=False)
-    base_images = generate(_load(base, None, StableDiffusionPipeline), prompts, seeds, **settings)
+    base_images = generate(load_pipeline(ModelSpec("base", base)), prompts, seeds, **settings)
     pooled_images = None
-    if pooled_dir is not None:
-        pooled_images = generate(_load(base, pooled_dir, StableDiffusionPipeline), prompts, seeds, **settings)
-    ppd = _load(base, ppd_dir, PersonalizedStableDiffusionPipeline)
+    if pooled_dir is not None:  # loaded the way `diffalign eval` loads an adapter
+        pooled_images = generate(load_pipeline(ModelSpec("pooled", base, str(pooled_dir))), prompts, seeds,
+                                 **settings)
+    ppd = PersonalizedStableDiffusionPipeline.from_pretrained(base)
+    ppd.load_user_adapter(str(ppd_dir))
     embeddings = {p: ppd.user_embedding(persona_examples(p, k)) for p in set(personas) | set(mix)}
     result = {"cases": len(prompts), "examples_per_user": k, "personas": {}, "interpolation": {}}
     grid_rows, grid_titles = [base_images[::seeds_per_prompt][:8]], ["base"]
