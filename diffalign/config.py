@@ -212,7 +212,7 @@ def _resolve_embedded_paths(cfg: Config) -> None:
 
     for section, key in ((cfg.model, "pretrained"), (cfg.data, "source")):
         setattr(section, key, resolved(getattr(section, key)))
-    for key in ("user_encoder_model",):  # objective options that name an embedded asset (PPD's toy CLIP)
+    for key in ("user_encoder_model", "reward_model"):  # objective options that may name an embedded asset (toy CLIP)
         if key in cfg.objective:
             cfg.objective[key] = resolved(cfg.objective[key])
 
@@ -316,6 +316,14 @@ _SETTINGS_IN_USE = [
     ("data", "perturber_model", "caption-pair methods (tdpo, tkto)", "method",
      lambda cfg, o: o.pair_axis == "captions"),
     ("data", "drop_ties", "image-pair methods (dpo, mapo, inpo)", "method", lambda cfg, o: o.pair_axis == "images"),
+    ("data", "caption_dropout", "methods trained on images (not reward fine-tuning)", "method",
+     lambda cfg, o: o.pair_axis != "prompts"),
+    ("data", "cache_encodings", "methods trained on images (not reward fine-tuning)", "method",
+     lambda cfg, o: o.pair_axis != "prompts"),
+    ("data", "random_crop", "methods trained on images (not reward fine-tuning)", "method",
+     lambda cfg, o: o.pair_axis != "prompts"),
+    ("data", "random_flip", "methods trained on images (not reward fine-tuning)", "method",
+     lambda cfg, o: o.pair_axis != "prompts"),
     ("lora", "rank", "LoRA training (lora.enabled: true)", "lora.enabled", _lora_in_use),
     ("lora", "alpha", "LoRA training (lora.enabled: true)", "lora.enabled", _lora_in_use),
     ("lora", "target_modules", "LoRA training (lora.enabled: true)", "lora.enabled", _lora_in_use),

@@ -236,8 +236,11 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         if outside is not None:
             accelerator.register_for_checkpointing(outside)
     cache = open_encoding_cache(cfg, weight_dtype, accelerator.process_index) if cfg.data.cache_encodings else None
-    step_fn = TrainStep(objective, parts.vae, conditioner_for(parts), parts.noise_scheduler, reference, accelerator,
-                        cache, user_adapter)
+    if getattr(objective, "step_kind", "denoising") == "reward":  # LongAlign: sample, decode, score
+        step_fn = make_reward_step(objective, parts, accelerator, cfg.data.resolution)
+    else:
+        step_fn = TrainStep(objective, parts.vae, conditioner_for(parts), parts.noise_scheduler, reference,
+                            accelerator, cache, user_adapter)
 
     updates_per_epoch = len(loader) // cfg.train.grad_accum  # exact: the sampler trims epochs to whole updates
     global_step = resume_from(accelerator, out, resume) if resume else 0
@@ -304,7 +307,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             metrics.update(loss=loss.item(), lr=lr_scheduler.get_last_lr()[0], epoch=epoch)
             history.append(metrics)
             if global_step % cfg.train.log_every == 0 or global_step == cfg.train.max_steps:
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics.get('implicit_acc', 0):.2f}")
+                shown = "reward" if "reward" in metrics else "implicit_acc"  # what the objective reports
+                bar.set_postfix({"loss": f"{metrics['loss']:.4f}", shown: f"{metrics.get(shown, 0):.3f}"})
                 accelerator.log(metrics, step=global_step)
             if cfg.train.validation_every and global_step % cfg.train.validation_every == 0 \
                     and accelerator.is_main_process:
@@ -362,6 +366,15 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.end_training()
     return summary
+
+
+def make_reward_step(objective, parts, accelerator: Accelerator, resolution: int):
+    """Reward fine-tuning's step (core/reward_step.py) with its frozen reward model on the training device."""
+    from diffalign.core.reward_step import RewardStep
+    from diffalign.scorers import create_scorer
+
+    reward = create_scorer("denscore", device=str(accelerator.device), **objective.reward_options())
+    return RewardStep(objective, parts, conditioner_for(parts), accelerator, resolution, reward.reward)
 
 
 def open_encoding_cache(cfg: Config, dtype: torch.dtype, process_index: int = 0):

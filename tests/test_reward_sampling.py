@@ -55,10 +55,13 @@ def test_the_reward_gradient_reaches_exactly_the_chosen_steps():
     assert not none.requires_grad  # no chosen step: nothing to train
 
 
-def test_cfg_doubles_nested_sdxl_conditioning():
-    from diffalign.core.reward_sampling import _doubled
+def test_cfg_pairs_nested_sdxl_conditioning_unconditional_half_first():
+    from diffalign.core.reward_sampling import _paired
 
-    kwargs = {"added_cond_kwargs": {"text_embeds": torch.ones(2, 4), "time_ids": torch.zeros(2, 6)}, "scale": 1.0}
-    doubled = _doubled(kwargs)
-    assert doubled["added_cond_kwargs"]["text_embeds"].shape == (4, 4) and doubled["scale"] == 1.0
-    assert doubled["added_cond_kwargs"]["time_ids"].shape == (4, 6)
+    cond = {"added_cond_kwargs": {"text_embeds": torch.ones(2, 4), "time_ids": torch.zeros(2, 6)}, "scale": 1.0}
+    uncond = {"added_cond_kwargs": {"text_embeds": torch.zeros(2, 4), "time_ids": torch.zeros(2, 6)}, "scale": 1.0}
+    paired = _paired(uncond, cond)
+    assert paired["added_cond_kwargs"]["text_embeds"].shape == (4, 4) and paired["scale"] == 1.0
+    assert paired["added_cond_kwargs"]["time_ids"].shape == (4, 6)
+    assert paired["added_cond_kwargs"]["text_embeds"][:2].eq(0).all()  # [uncond; cond], as diffusers' pipelines
+    assert paired["added_cond_kwargs"]["text_embeds"][2:].eq(1).all()

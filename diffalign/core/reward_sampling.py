@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 
-def _doubled(kwargs: dict) -> dict:
-    """UNet kwargs for the [uncond; cond] batch: tensors repeated on dim 0, nested dicts (SDXL) followed."""
-    return {k: _doubled(v) if isinstance(v, dict) else torch.cat([v, v]) if torch.is_tensor(v) else v
-            for k, v in kwargs.items()}
+def _paired(uncond: dict, cond: dict) -> dict:
+    """UNet kwargs for the [uncond; cond] batch: tensors concatenated on dim 0, nested dicts (SDXL) followed."""
+    return {k: _paired(uncond[k], v) if isinstance(v, dict) else torch.cat([uncond[k], v]) if torch.is_tensor(v)
+            else v for k, v in cond.items()}
 
 
 def grad_step_indices(num_steps: int, every: int, rng: np.random.Generator) -> list[int]:
@@ -35,16 +35,17 @@ def grad_step_indices(num_steps: int, every: int, rng: np.random.Generator) -> l
 
 def sample_with_reward_grad(unet, scheduler, latents: torch.Tensor, text: torch.Tensor, uncond: torch.Tensor,
                             guidance_scale: float, num_steps: int, grad_steps: list[int],
-                            on_step=None, **unet_kwargs) -> torch.Tensor:
+                            on_step=None, uncond_unet_kwargs: dict | None = None, **unet_kwargs) -> torch.Tensor:
     """Final latents [B, C, h, w], differentiable w.r.t. the UNet's trainable weights at ``grad_steps`` only.
 
     ``scheduler``: a DDIMScheduler (eta 0). ``on_step(i, eps)`` sees each step's guided noise prediction (tests
-    use it to check which steps carry gradient).
+    use it to check which steps carry gradient). ``uncond_unet_kwargs``: the unconditional half's extra
+    conditioning (SDXL: the empty prompt's pooled embedding); default: the same as the conditional half's.
     """
     scheduler.set_timesteps(num_steps, device=latents.device)
     chosen = set(grad_steps)
     states = torch.cat([uncond, text])  # [2B, L, D]: unconditional first, as diffusers' pipelines
-    extra = _doubled(unet_kwargs)  # the same extra conditioning for the unconditional half
+    extra = _paired(unet_kwargs if uncond_unet_kwargs is None else uncond_unet_kwargs, unet_kwargs)
     x = latents * scheduler.init_noise_sigma
     for i, t in enumerate(scheduler.timesteps):
         with nullcontext() if i in chosen else torch.no_grad():

@@ -118,9 +118,14 @@ class TableExamples(torch.utils.data.Dataset):
     def tokenize(self, caption: str) -> torch.Tensor:
         """[77] token ids, padded/truncated to the tokenizer's window; [K, 77] when the model has K tokenizers
         (SDXL: 2)."""
-        if isinstance(self.tokenizer, (list, tuple)):
-            return torch.stack([_token_ids(t, caption) for t in self.tokenizer])
-        return _token_ids(self.tokenizer, caption)
+        return token_ids(self.tokenizer, caption)
+
+
+def token_ids(tokenizer, caption: str) -> torch.Tensor:
+    """[77] ids of one caption, or [K, 77] for a list of K tokenizers (SDXL)."""
+    if isinstance(tokenizer, (list, tuple)):
+        return torch.stack([_token_ids(t, caption) for t in tokenizer])
+    return _token_ids(tokenizer, caption)
 
 
 def _token_ids(tokenizer, caption: str) -> torch.Tensor:

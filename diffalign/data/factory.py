@@ -6,6 +6,7 @@ from ..config import DataConfig
 from .captioned import CaptionedImages, collate_all_combinations, collate_caption_pairs
 from .feedback import FeedbackImages, collate_singles
 from .pairs import PreferencePairs, collate_pairs
+from .prompts import TrainingPrompts, collate_prompts
 from .user_pairs import UserPreferencePairs, collate_user_pairs
 from .sampler import DesirableRatioSampler, EpochShuffle
 
@@ -34,6 +35,8 @@ def build_training_data(cfg: DataConfig, pair_axis: str, tokenizer, seed: int, e
         dataset, collate = CaptionedImages(cfg, tokenizer, seed, perturber), collate_caption_pairs
     elif pair_axis == "batch":  # SoftREPA: captioned images, each against every caption of its batch
         dataset, collate = CaptionedImages(cfg, tokenizer, seed), collate_all_combinations
+    elif pair_axis == "prompts":  # reward fine-tuning (LongAlign): prompts; the policy makes the images
+        dataset, collate = TrainingPrompts(cfg, tokenizer, seed), collate_prompts
     else:
         raise ValueError(f"no training data for pair axis {pair_axis!r}")
     if pair_axis == "single" and cfg.desirable_ratio is not None:

@@ -1,7 +1,7 @@
 """Where evaluation prompts come from.
 
-- ``toy:<set>``: a built-in held-out toy set (``toy:attributes`` is the base-model table's set; also
-  ``toy:persona`` and ``toy:long``);
+- ``toy:<set>``: a built-in toy set (``toy:attributes`` is the base-model table's set; also ``toy:persona`` and
+  ``toy:long``): its held-out side, or its training side with ``split="train"`` (reward fine-tuning's prompts);
 - a ``.txt`` file: one prompt per line (blank lines are not prompts and are skipped);
 - a ``.jsonl`` file: one JSON object per line with the prompt under ``column`` (default: "prompt", else "caption");
 - anything else is a table (hub dataset id, local parquet file or folder; see data.tables) read at ``split`` and
@@ -54,7 +54,7 @@ def load_prompts(source: str, column: str | None = None, split: str = "test", li
     if source.startswith("toy:"):
         from ..toy.prompts import prompt_set
 
-        prompts = prompt_set(source[len("toy:"):], "heldout")
+        prompts = prompt_set(source[len("toy:"):], "train" if split == "train" else "heldout")
     elif Path(source).suffix == ".txt":
         prompts = [line.strip() for line in Path(source).read_text(encoding="utf-8").splitlines() if line.strip()]
     elif Path(source).suffix == ".jsonl":

@@ -49,6 +49,39 @@ def to_pil(image) -> Image.Image:
     return Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
 
 
+def differentiable_preprocess(pixels: torch.Tensor, size: int | None, crop: tuple[int, int] | None, mean, std,
+                              mode: str = "shortest") -> torch.Tensor:
+    """A CLIP preprocessing in torch, so a reward's gradient reaches the pixels [B, 3, H, W] (float, [0, 1]).
+
+    ``mode`` "shortest": resize the shortest edge to ``size`` (aspect kept), then centre crop ``crop``;
+    "longest" (HPS): resize the longest edge to ``size``, then pad to ``crop`` with black, centred (torchvision's
+    centre crop with padding). Bicubic with antialiasing, like PIL's resampling; then ``(x - mean) / std``.
+    """
+    if mode not in ("shortest", "longest"):
+        raise ValueError(f"preprocess mode: expected 'shortest' or 'longest'; got {mode!r}")
+    x = pixels.float()
+    h, w = x.shape[-2:]
+    if size is not None:
+        scale = size / (min(h, w) if mode == "shortest" else max(h, w))
+        new = (round(h * scale), round(w * scale))
+        if mode == "shortest":
+            new = (max(size, new[0]), max(size, new[1]))
+        if new != (h, w):
+            x = torch.nn.functional.interpolate(x, size=new, mode="bicubic", align_corners=False, antialias=True)
+    if crop is not None:
+        ch, cw = crop
+        h, w = x.shape[-2:]
+        if ch > h or cw > w:  # pad: left/top get the smaller half, as torchvision
+            pad_w, pad_h = max(cw - w, 0), max(ch - h, 0)
+            x = torch.nn.functional.pad(x, (pad_w // 2, (pad_w + 1) // 2, pad_h // 2, (pad_h + 1) // 2))
+            h, w = x.shape[-2:]
+        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+        x = x[..., top:top + ch, left:left + cw]
+    if mean is not None:
+        x = (x - torch.tensor(mean, device=x.device)[:, None, None]) / torch.tensor(std, device=x.device)[:, None, None]
+    return x
+
+
 def batched(items: list, size: int):
     for start in range(0, len(items), size):
         yield items[start:start + size]

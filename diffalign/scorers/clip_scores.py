@@ -6,6 +6,10 @@ Both embed the image and the prompt, L2-normalise, and take the cosine c; they d
   (short side resized to 224 bicubic, centre crop, CLIP mean/std — the processor's own settings).
 - CLIPScore (torchmetrics convention): ``max(100 · c, 0)``; any CLIP checkpoint, default ViT-L/14.
 Weights load from a hub id or a local folder, safetensors preferred; no remote code.
+
+``pixel_features`` is the differentiable twin of ``embed_images`` for reward fine-tuning (LongAlign): float
+pixels [B, 3, H, W] in [0, 1] go through the processor's own resize / centre crop / normalisation written in torch
+(bicubic with antialiasing, as PIL's resampling), so the reward's gradient reaches the generator.
 """
 
 from __future__ import annotations
@@ -13,8 +17,18 @@ from __future__ import annotations
 import torch
 from transformers import CLIPModel, CLIPProcessor
 
-from .base import as_dtype, cosine_in_batches, register
+from .base import as_dtype, cosine_in_batches, differentiable_preprocess, register
 from .open_clip_models import OpenClipSimilarity
+
+
+def clip_pixel_values(pixels: torch.Tensor, image_processor) -> torch.Tensor:
+    """[B, 3, H, W] in [0, 1] -> a CLIPImageProcessor's pixel values (shortest edge, centre crop, mean/std),
+    differentiably. Equal to the processor on uint8 images up to resampling."""
+    ip = image_processor
+    size = ip.size.get("shortest_edge") or min(ip.size["height"], ip.size["width"])
+    return differentiable_preprocess(pixels, size if ip.do_resize else None,
+                                     (ip.crop_size["height"], ip.crop_size["width"]) if ip.do_center_crop else None,
+                                     ip.image_mean if ip.do_normalize else None, ip.image_std, mode="shortest")
 
 
 def _embedding(output) -> torch.Tensor:
@@ -39,6 +53,11 @@ class CLIPSimilarity:
     def embed_images(self, images: list) -> torch.Tensor:
         """[b, D] unnormalised image embeddings of PIL images."""
         return self.image_features(images)
+
+    def pixel_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] float in [0, 1] -> [B, D] unnormalised image embeddings, with gradient to the pixels."""
+        values = clip_pixel_values(pixels.to(self.device), self.processor.image_processor)
+        return _embedding(self.model.get_image_features(pixel_values=values.to(self.dtype)))
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:

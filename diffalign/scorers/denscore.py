@@ -31,15 +31,20 @@ class Denscore:
         scorer = create_scorer(backbone, **backbone_options)
         self.similarity = getattr(scorer, "clip", scorer)  # clipscore wraps its CLIP model; the others are one
         self.omega = float(omega)
+        self._caption_cache: dict[str, torch.Tensor] = {}
+        model = getattr(self.similarity, "model", None)
+        if isinstance(model, torch.nn.Module):
+            model.requires_grad_(False)  # a reward model is never trained; gradients go to the pixels only
 
     def caption_vectors(self, prompts: list[str]) -> torch.Tensor:
-        """t̄ [B, D]: the mean of each caption's normalised sentence embeddings (not renormalised)."""
-        out = []
-        for prompt in prompts:
+        """t̄ [B, D]: the mean of each caption's normalised sentence embeddings (not renormalised). Cached per
+        caption: reward fine-tuning sees the same training prompts every epoch."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._caption_cache]
+        for prompt in missing:
             sentences = split_segments(prompt)
             e = torch.nn.functional.normalize(self.similarity.embed_texts(sentences).float(), dim=-1)
-            out.append(e.mean(dim=0))
-        return torch.stack(out)
+            self._caption_cache[prompt] = e.mean(dim=0)
+        return torch.stack([self._caption_cache[p] for p in prompts])
 
     @torch.no_grad()
     def __call__(self, images: list, prompts: list[str]) -> torch.Tensor:
@@ -48,10 +53,24 @@ class Denscore:
         batch = getattr(self.similarity, "batch_size", 32)
         f = torch.cat([self.similarity.embed_images([to_pil(i) for i in chunk]).float()
                        for chunk in batched(list(images), batch)])
-        f = torch.nn.functional.normalize(f, dim=-1)  # [B, D]
-        t = self.caption_vectors(prompts).to(f.device)  # [B, D]
-        v = torch.nn.functional.normalize(t.mean(dim=0), dim=0)  # [D]
-        eta = t @ v  # [B]
-        relevant = ((t - eta[:, None] * v) * f).sum(-1)
-        irrelevant = eta * (f @ v)
-        return (relevant + self.omega * irrelevant).cpu()
+        return decomposed_score(f, self.caption_vectors(prompts).to(f.device), self.omega).cpu()
+
+    def reward(self, pixels: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """S [B] of float pixels [B, 3, H, W] in [0, 1], with gradient to the pixels (the scorer's weights stay
+        frozen). The same score as calling the scorer on these images, up to uint8 rounding and resampling."""
+        if len(pixels) != len(prompts):
+            raise ValueError(f"got {len(pixels)} images but {len(prompts)} prompts")
+        f = self.similarity.pixel_features(pixels).float()  # [B, D]
+        return decomposed_score(f, self.caption_vectors(prompts).to(f.device), self.omega)
+
+
+def decomposed_score(image_features: torch.Tensor, caption_vectors: torch.Tensor, omega: float) -> torch.Tensor:
+    """S [B] = ⟨t̄ − η v, f⟩ + ω η ⟨v, f⟩ with f the normalised image features [B, D], t̄ the caption vectors
+    [B, D], v the normalised batch mean of t̄ and η = ⟨t̄, v⟩."""
+    f = torch.nn.functional.normalize(image_features, dim=-1)  # [B, D]
+    t = caption_vectors
+    v = torch.nn.functional.normalize(t.mean(dim=0), dim=0)  # [D]
+    eta = t @ v  # [B]
+    relevant = ((t - eta[:, None] * v) * f).sum(-1)
+    irrelevant = eta * (f @ v)
+    return relevant + omega * irrelevant

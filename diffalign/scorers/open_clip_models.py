@@ -13,7 +13,7 @@ import open_clip
 import torch
 
 from ..models.checkpoints import load_state_dict
-from .base import as_dtype, cosine_in_batches
+from .base import as_dtype, cosine_in_batches, differentiable_preprocess
 
 
 class OpenClipSimilarity:
@@ -41,6 +41,21 @@ class OpenClipSimilarity:
         """[b, D] unnormalised image embeddings of PIL images."""
         pixels = torch.stack([self.preprocess(im) for im in images]).to(self.device, self.dtype)
         return self.model.encode_image(pixels)
+
+    def pixel_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] float in [0, 1] -> [B, D] unnormalised image embeddings, with gradient to the pixels
+        (the same resize mode, crop/pad and mean/std as ``self.preprocess``, in torch)."""
+        options = self._preprocess_options()
+        size = self.model.visual.image_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        mode = options.get("resize_mode") or "shortest"
+        if mode not in ("shortest", "longest"):
+            raise ValueError(f"reward gradients support open_clip resize modes 'shortest' and 'longest'; this model "
+                             f"uses {mode!r}")
+        values = differentiable_preprocess(pixels.to(self.device), min(size) if mode == "shortest" else max(size),
+                                           size, options.get("mean") or open_clip.OPENAI_DATASET_MEAN,
+                                           options.get("std") or open_clip.OPENAI_DATASET_STD, mode)
+        return self.model.encode_image(values.to(self.dtype))
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:

@@ -1,0 +1,218 @@
+"""LongAlign reward fine-tuning: the differentiable Denscore, the prompt data, the reward step, the trainer."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffalign.config import ConfigError, DataConfig, load_config
+from diffalign.core.reward_step import RewardStep
+from diffalign.data.prompts import TrainingPrompts, collate_prompts
+from diffalign.models.conditioning import conditioner_for
+from diffalign.models.loading import load_sd_components
+from diffalign.models.lora import attach_lora
+from diffalign.models.tokenizer import build_clip_tokenizer
+from diffalign.objectives import get_objective
+from diffalign.paths import TOY_CLIP, TOY_SD
+from diffalign.scorers import create_scorer
+from diffalign.scorers.base import differentiable_preprocess
+from diffalign.toy.prompts import prompt_set
+
+LONG = ["a red circle on the left. a blue square at the top; a green triangle.",
+        "in the very center of the picture there is a blue square. the background is sky."]
+
+
+class _Accelerator:
+    """What RewardStep reads of an accelerate.Accelerator on one CPU process."""
+    device = torch.device("cpu")
+
+    @staticmethod
+    def unwrap_model(model):
+        return model
+
+
+@pytest.fixture(scope="module")
+def toy_denscore():
+    return create_scorer("denscore", backbone="clipscore", model=str(TOY_CLIP), omega=0.3)
+
+
+def test_differentiable_denscore_equals_the_scorer_and_passes_gradient_to_the_pixels(toy_denscore):
+    rng = np.random.default_rng(0)
+    uint8 = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    prompts = LONG + ["a yellow circle.", "a purple square. a red triangle."]
+    expected = toy_denscore(list(uint8), prompts)  # through PIL and the CLIP processor
+    pixels = torch.from_numpy(uint8).permute(0, 3, 1, 2).float().div(255).requires_grad_(True)
+    scores = toy_denscore.reward(pixels, prompts)
+    torch.testing.assert_close(scores.detach(), expected, atol=1e-5, rtol=0)
+    scores.sum().backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
+    assert all(not p.requires_grad for p in toy_denscore.similarity.model.parameters())  # the reward stays frozen
+
+
+def test_differentiable_resize_and_crop_follow_the_clip_processor(toy_denscore):
+    """A 48x64 image is resized (short side 32) and centre-cropped: the torch path matches the processor's PIL path
+    up to resampling (a smooth image, so bicubic kernels differ little)."""
+    yy, xx = np.mgrid[0:48, 0:64]
+    smooth = np.stack([xx * 4, yy * 5, (xx + yy) * 2], axis=-1).clip(0, 255).astype(np.uint8)
+    processor = toy_denscore.similarity.processor.image_processor
+    expected = processor(images=[Image.fromarray(smooth)], return_tensors="pt")["pixel_values"]
+    pixels = torch.from_numpy(smooth).permute(2, 0, 1)[None].float() / 255
+    got = differentiable_preprocess(pixels, 32, (32, 32), processor.image_mean, processor.image_std, "shortest")
+    assert got.shape == expected.shape == (1, 3, 32, 32)
+    error = (got - expected).abs().mean()
+    assert error < 0.03  # about 1.5/255 in pixel terms: resampling, not geometry
+    left = differentiable_preprocess(pixels[..., :48], 32, (32, 32), processor.image_mean, processor.image_std)
+    assert (left - expected).abs().mean() > 3 * error  # the left square instead of the centre one is caught
+
+
+def test_longest_side_mode_pads_like_open_clip():
+    """HPS's preprocessing: longest side to the size, then black padding to a square, centred."""
+    import open_clip
+
+    transform = open_clip.image_transform(32, is_train=False, mean=(0.5,) * 3, std=(0.5,) * 3,
+                                          resize_mode="longest", interpolation="bicubic", fill_color=0)
+    yy, xx = np.mgrid[0:40, 0:64]
+    smooth = np.stack([xx * 4, yy * 6, 255 - xx * 3], axis=-1).clip(0, 255).astype(np.uint8)
+    expected = transform(Image.fromarray(smooth))[None]
+    pixels = torch.from_numpy(smooth).permute(2, 0, 1)[None].float() / 255
+    got = differentiable_preprocess(pixels, 32, (32, 32), (0.5,) * 3, (0.5,) * 3, "longest")
+    assert got.shape == expected.shape
+    assert (got - expected).abs().mean() < 0.03
+    black = (0 - 0.5) / 0.5
+    torch.testing.assert_close(got[..., :6, :], torch.full_like(got[..., :6, :], black))  # the padded band
+
+
+def test_reward_loss_is_half_one_minus_the_mean_score():
+    objective = get_objective("longalign")
+    scores = torch.tensor([0.2, -0.1, 0.5], requires_grad=True)
+    loss, metrics = objective.reward_loss(scores)
+    assert float(loss) == pytest.approx(0.5 * (1 - 0.2))
+    loss.backward()
+    torch.testing.assert_close(scores.grad, torch.full((3,), -0.5 / 3))
+    assert metrics["reward"] == pytest.approx(0.2) and metrics["reward_min"] == pytest.approx(-0.1)
+    with pytest.raises(ValueError, match="text_encoding"):
+        get_objective("longalign", text_encoding="long")
+    assert get_objective("longalign", reward_backbone="hps", reward_model="x.pt").reward_options()["checkpoint"] == "x.pt"
+
+
+def test_training_prompts_are_the_train_side_with_seeds_per_epoch(tmp_path):
+    tokenizer = build_clip_tokenizer()
+    data = TrainingPrompts(DataConfig(source="toy:long", split="train"), tokenizer, seed=0)
+    assert data.prompts == prompt_set("long", "train") and not set(data.prompts) & set(prompt_set("long"))
+    first = data[3]["seed"]
+    data.epoch = 1
+    assert data[3]["seed"] != first and data[4]["seed"] != data[3]["seed"]
+    batch = collate_prompts([data[0], data[1]])
+    assert batch["input_ids"].shape == (2, 77) and batch["captions"] == data.prompts[:2]
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"prompt": "a cat"}\n{"prompt": "   "}\n')
+    with pytest.raises(ValueError, match="prompt 1: empty"):
+        TrainingPrompts(DataConfig(source=str(bad)), tokenizer)
+
+
+def _toy_step(text_encoding="truncate", reward=None, steps=4, every=2):
+    parts = load_sd_components(str(TOY_SD))
+    for module in (parts.vae, parts.text_encoder):
+        module.requires_grad_(False)
+    params = attach_lora(parts.unet, 4, 4.0, ["to_q", "to_k", "to_v", "to_out.0"])
+    with torch.no_grad():  # non-zero B, so the LoRA changes the samples and both A and B get gradient
+        for name, p in parts.unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.02)
+    objective = get_objective("longalign", num_inference_steps=steps, grad_every=every, guidance_scale=5.0,
+                              text_encoding=text_encoding, max_text_length=100)
+    step = RewardStep(objective, parts, conditioner_for(parts), _Accelerator(), 32, reward)
+    return step, parts, params
+
+
+def test_reward_step_trains_the_lora_and_is_reproducible(toy_denscore):
+    step, parts, params = _toy_step(reward=toy_denscore.reward)
+    batch = {"captions": LONG, "input_ids": torch.stack([build_clip_tokenizer()(c, padding="max_length",
+                                                                                 max_length=77, truncation=True,
+                                                                                 return_tensors="pt").input_ids[0]
+                                                         for c in LONG]), "seeds": torch.tensor([5, 6])}
+    loss, metrics = step(parts.unet, batch)
+    loss.backward()
+    assert metrics["grad_steps"] == 2 and np.isfinite(metrics["reward"])
+    assert float(loss) == pytest.approx(0.5 * (1 - metrics["reward"]), abs=1e-6)
+    assert all(p.grad is not None for p in params) and sum(float(p.grad.abs().sum()) for p in params) > 0
+    again, _ = step(parts.unet, batch)
+    assert float(again) == float(loss)  # the same seeds: the same noise and the same chosen steps
+    without_ids, _ = step(parts.unet, {**batch, "input_ids": None})  # tokenised from the captions
+    assert float(without_ids) == float(loss)
+    other, _ = step(parts.unet, {**batch, "seeds": torch.tensor([7, 8])})
+    assert float(other) != float(loss)
+
+
+def test_segment_encoding_feeds_the_sampler_its_long_states(toy_denscore):
+    step, parts, _ = _toy_step("segments", reward=toy_denscore.reward)
+    lengths = []
+    unet_forward = parts.unet.forward
+
+    def spy(sample, t, encoder_hidden_states, *rest, **kwargs):
+        lengths.append(encoder_hidden_states.shape[1])
+        return unet_forward(sample, t, encoder_hidden_states, *rest, **kwargs)
+
+    parts.unet.forward = spy
+    loss, _ = step(parts.unet, {"captions": LONG, "seeds": torch.tensor([1, 2])})
+    assert torch.isfinite(loss) and set(lengths) == {100}  # max_text_length rows, uncond and cond alike
+
+
+def test_reward_step_on_sdxl_pairs_the_empty_prompts_pooled_embedding(tmp_path):
+    from diffalign.models.tiny import build_tiny_sdxl
+
+    build_tiny_sdxl(tmp_path / "sdxl")
+    parts = load_sd_components(str(tmp_path / "sdxl"))
+    for module in (parts.vae, parts.text_encoder, parts.text_encoder_2):
+        module.requires_grad_(False)
+    params = attach_lora(parts.unet, 4, 4.0, ["to_q", "to_k", "to_v", "to_out.0"])
+    objective = get_objective("longalign", num_inference_steps=2, grad_every=1, text_encoding="truncate")
+    seen = []
+    unet_forward = parts.unet.forward
+
+    def spy(sample, t, encoder_hidden_states, *rest, added_cond_kwargs=None, **kwargs):
+        seen.append(added_cond_kwargs)
+        return unet_forward(sample, t, encoder_hidden_states, *rest, added_cond_kwargs=added_cond_kwargs, **kwargs)
+
+    parts.unet.forward = spy
+    images = []
+    step = RewardStep(objective, parts, conditioner_for(parts), _Accelerator(), 32,
+                      lambda pixels, prompts: images.append(pixels) or pixels.mean(dim=(1, 2, 3)))
+    loss, _ = step(parts.unet, {"captions": ["a red circle", "a blue square"], "seeds": torch.tensor([1, 2])})
+    loss.backward()
+    assert images[0].shape == (2, 3, 32, 32)
+    pooled = seen[0]["text_embeds"]  # [uncond x2; cond x2]
+    assert pooled.shape[0] == 4 and torch.equal(pooled[0], pooled[1]) and not torch.equal(pooled[1], pooled[2])
+    torch.testing.assert_close(seen[0]["time_ids"][0], torch.tensor([32.0, 32, 0, 0, 32, 32]))
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+
+
+def test_longalign_config_rejects_image_only_settings():
+    with pytest.raises(ConfigError, match="caption_dropout"):
+        load_config("configs/toy/longalign.yaml", [("data.caption_dropout", "0.1")])
+    with pytest.raises(ConfigError, match="grad_every"):
+        load_config("configs/toy/longalign.yaml", [("objective.grad_every", "0")])
+    cfg = load_config("configs/sd15/longalign_pickapic.yaml")
+    assert cfg.objective["text_encoding"] == "segments" and cfg.objective["num_inference_steps"] == 50
+
+
+def test_longalign_trains_a_lora_that_diffusers_loads(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from diffalign.train import build_config, parse_args, train
+
+    out = tmp_path / "run"
+    args, overrides = parse_args(["--method", "longalign", "--train.max_steps", "2", "--train.batch_size", "2",
+                                  "--objective.num_inference_steps", "4", "--objective.grad_every", "2",
+                                  "--eval.enabled", "false", "--train.report_to", "none", "--output_dir", str(out)])
+    summary = train(build_config(args, overrides))
+    assert summary["steps"] == 2 and "reward" in summary["final_metrics"]
+    assert json.loads((out / "summary.json").read_text())["method"] == "longalign"
+    pipe = StableDiffusionPipeline.from_pretrained(str(TOY_SD))
+    kwargs = dict(num_inference_steps=4, guidance_scale=5.0, output_type="np")
+    base = pipe(LONG[0], generator=torch.Generator().manual_seed(0), **kwargs).images
+    pipe.load_lora_weights(str(out))
+    tuned = pipe(LONG[0], generator=torch.Generator().manual_seed(0), **kwargs).images
+    assert np.abs(tuned - base).max() > 0
