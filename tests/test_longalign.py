@@ -160,7 +160,8 @@ def test_segment_encoding_feeds_the_sampler_its_long_states(toy_denscore):
     assert torch.isfinite(loss) and set(lengths) == {100}  # max_text_length rows, uncond and cond alike
 
 
-def test_reward_step_on_sdxl_pairs_the_empty_prompts_pooled_embedding(tmp_path):
+def test_reward_step_on_sdxl_samples_like_the_sdxl_pipeline(tmp_path):
+    """The unconditional half is zeros (states and pooled), as StableDiffusionXLPipeline with no negative prompt."""
     from diffalign.models.tiny import build_tiny_sdxl
 
     build_tiny_sdxl(tmp_path / "sdxl")
@@ -173,7 +174,7 @@ def test_reward_step_on_sdxl_pairs_the_empty_prompts_pooled_embedding(tmp_path):
     unet_forward = parts.unet.forward
 
     def spy(sample, t, encoder_hidden_states, *rest, added_cond_kwargs=None, **kwargs):
-        seen.append(added_cond_kwargs)
+        seen.append((encoder_hidden_states, added_cond_kwargs))
         return unet_forward(sample, t, encoder_hidden_states, *rest, added_cond_kwargs=added_cond_kwargs, **kwargs)
 
     parts.unet.forward = spy
@@ -183,9 +184,11 @@ def test_reward_step_on_sdxl_pairs_the_empty_prompts_pooled_embedding(tmp_path):
     loss, _ = step(parts.unet, {"captions": ["a red circle", "a blue square"], "seeds": torch.tensor([1, 2])})
     loss.backward()
     assert images[0].shape == (2, 3, 32, 32)
-    pooled = seen[0]["text_embeds"]  # [uncond x2; cond x2]
-    assert pooled.shape[0] == 4 and torch.equal(pooled[0], pooled[1]) and not torch.equal(pooled[1], pooled[2])
-    torch.testing.assert_close(seen[0]["time_ids"][0], torch.tensor([32.0, 32, 0, 0, 32, 32]))
+    states, added = seen[0]
+    pooled = added["text_embeds"]  # [uncond x2; cond x2]
+    assert pooled.shape[0] == 4 and pooled[:2].eq(0).all() and not pooled[2:].eq(0).all()
+    assert states[:2].eq(0).all() and not states[2:].eq(0).all()
+    torch.testing.assert_close(added["time_ids"][0], torch.tensor([32.0, 32, 0, 0, 32, 32]))
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
 
 

@@ -71,7 +71,12 @@ class RewardStep:
         n = len(captions)
         text, pooled = self._encode(captions, batch.get("input_ids"))
         if self._uncond is None:  # the empty prompt, once
-            self._uncond = self._encode([""], None)
+            states, pooled_empty = self._encode([""], None)
+            if self.conditioner.kind == "sdxl":
+                # diffusers' SDXL pipeline samples with zeros for an absent negative prompt
+                # (force_zeros_for_empty_prompt, on for SDXL base): train on what inference will do.
+                states, pooled_empty = torch.zeros_like(states), torch.zeros_like(pooled_empty)
+            self._uncond = states, pooled_empty
         uncond, uncond_pooled = self._uncond
         text, uncond = text.to(device), uncond.to(device).expand(n, -1, -1)
         if text.shape[1] != uncond.shape[1]:
