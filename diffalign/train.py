@@ -179,7 +179,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         if accelerator.num_processes > 1:
             raise ConfigError(f"{cfg.method} trains soft tokens outside the UNet: one process only for now")
         blocks = ("down", "mid") if parts.kind == "sdxl" else ("down",)  # SoftREPA: SD down; SDXL down + mid
-        soft_tokens = attach_soft_tokens(unet, objective.num_tokens, blocks).to(accelerator.device)
+        soft_tokens = attach_soft_tokens(unet, objective.num_tokens, blocks,
+                                         timestep_buckets=objective.timestep_buckets).to(accelerator.device)
         params = list(soft_tokens.parameters())
     elif trains == "user_adapter":  # PPD: the user adapter, plus a LoRA with lora.enabled
         params = attach_lora(unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules) if cfg.lora.enabled \

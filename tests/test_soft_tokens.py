@@ -57,6 +57,32 @@ def test_soft_tokens_round_trip_through_safetensors(tmp_path):
         attach_soft_tokens(_unet(), blocks=("side",))
 
 
+def test_timestep_buckets_give_each_bucket_its_own_offset_and_round_trip(tmp_path):
+    unet = _unet()
+    x, t, text = _inputs(unet)  # t = 100 and 700: buckets 10 and 70 of 100
+    tokens = attach_soft_tokens(unet, num_tokens=2, timestep_buckets=100)
+    torch.testing.assert_close(tokens.buckets(torch.tensor([0, 9, 10, 999, 5000])), torch.tensor([0, 0, 1, 99, 99]))
+    with torch.no_grad():
+        plain = unet(x, t, text).sample
+        tokens.bucket_embedding[70].normal_()  # only t = 700's bucket moves
+        moved = unet(x, t, text).sample
+    torch.testing.assert_close(moved[0], plain[0])  # zero offsets (bucket 10): the plain tokens
+    assert not torch.allclose(moved[1], plain[1])
+    with torch.no_grad():
+        scalar = unet(x, 700, text).sample  # a scalar timestep (pipelines) applies to every row
+    torch.testing.assert_close(scalar[1], moved[1], rtol=1e-4, atol=1e-5)
+    out = unet(x, t, text).sample
+    out.pow(2).mean().backward()
+    grads = tokens.bucket_embedding.grad.abs().sum(dim=(1, 2))
+    assert grads[10] > 0 and grads[70] > 0 and grads.count_nonzero() == 2  # only the buckets in use train
+    save_soft_tokens(tokens, tmp_path)
+    fresh = _unet()
+    load_soft_tokens(fresh, tmp_path)
+    load_soft_tokens(fresh, tmp_path)  # attached again: still one timestep hook, the same output
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x, t, text).sample, moved)
+
+
 def test_softrepa_loss_by_hand():
     import math
 

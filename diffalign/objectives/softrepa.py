@@ -41,10 +41,14 @@ class SoftREPA(Objective):
     trains = "soft_tokens"
 
     def __init__(self, num_tokens: int = 4, scale: float = 4.0, temperature: float = 0.07,
-                 matched_weight: float = 10.0):
-        if int(num_tokens) < 1 or temperature <= 0:
-            raise ValueError(f"num_tokens must be >= 1 and temperature > 0; got {num_tokens}, {temperature}")
+                 matched_weight: float = 10.0, timestep_buckets: int = 0):
+        """``timestep_buckets``: N > 0 adds a per-bucket embedding of the timestep to the tokens (the paper's
+        option: 100); 0 = the same tokens at every t."""
+        if int(num_tokens) < 1 or temperature <= 0 or int(timestep_buckets) < 0:
+            raise ValueError(f"num_tokens must be >= 1, temperature > 0 and timestep_buckets >= 0; got {num_tokens}, "
+                             f"{temperature}, {timestep_buckets}")
         self.num_tokens, self.scale, self.temperature = int(num_tokens), scale, temperature
+        self.timestep_buckets = int(timestep_buckets)
         self.matched_weight = matched_weight
 
     def row_loss(self, policy: torch.Tensor, ref: torch.Tensor | None, batch: dict):
