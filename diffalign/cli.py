@@ -52,7 +52,7 @@ def _toy_clip(args) -> None:
     from .toy.clip import ToyClipConfig, train_toy_clip
 
     refuse_overwrite(Path(args.out), args.overwrite)
-    cfg = ToyClipConfig(seed=args.seed)
+    cfg = ToyClipConfig(seed=args.seed, scene_sentences=args.scene_sentences)
     if args.steps is not None:
         cfg.steps = args.steps
     print(json.dumps(train_toy_clip(args.out, cfg), indent=2))
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="pipeline dtype (default: float16 on cuda, float32 on cpu)")
     p.add_argument("--text-encoding", default="clip", choices=["clip", "segments"],
-                   help="clip: the pipeline's own (77 tokens); segments: LongAlign segment encoding (SD only)")
+                   help="clip: the pipeline's own (77 tokens); segments: LongAlign segment encoding (SD and SDXL)")
     p.add_argument("--max-text-length", type=int, default=240, help="segment encoding: rows of text states")
     p.add_argument("--out", default="outputs/eval", help="report folder; images are cached under OUT/images")
     p.add_argument("--no-cache", action="store_true", help="resample every image instead of reusing cached ones")
@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = toy_sub.add_parser("clip", help="train the toy world's tiny CLIP (PPD's user encoder on the toy; CPU)")
     p.add_argument("--out", default=str(TOY_CLIP))
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--scene-sentences", type=float, default=0.0,
+                   help="share of 5-6-object scenes captioned by one of their sentences (a reward for long captions)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_toy_clip)

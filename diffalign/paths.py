@@ -7,6 +7,7 @@ ASSETS = REPO_ROOT / "assets"
 TOY_SD = ASSETS / "toy-sd"
 TOY_DATA = ASSETS / "toy-data"
 TOY_CLIP = ASSETS / "toy-clip"
+TOY_CLIP_LONG = ASSETS / "toy-clip-long"  # also trained on many-object scenes, sentence by sentence (LongAlign)
 
 
 def refuse_overwrite(path: Path, overwrite: bool) -> None:

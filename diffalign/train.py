@@ -375,7 +375,7 @@ def make_reward_step(objective, parts, accelerator: Accelerator, resolution: int
     from diffalign.scorers import create_scorer
 
     reward = create_scorer("denscore", device=str(accelerator.device), **objective.reward_options())
-    return RewardStep(objective, parts, conditioner_for(parts), accelerator, resolution, reward.reward)
+    return RewardStep(objective, parts, conditioner_for(parts), accelerator, resolution, reward)
 
 
 def open_encoding_cache(cfg: Config, dtype: torch.dtype, process_index: int = 0):
@@ -403,6 +403,7 @@ def _is_toy(cfg: Config) -> bool:
 
 
 def _validate(cfg: Config, parts, unet, out: Path, step: int) -> None:
+    from diffalign.models.segment_encoding import DEFAULT_MAX_LENGTH
     from diffalign.validation import validation_grid
 
     prompts = cfg.eval.validation_prompts
@@ -411,8 +412,10 @@ def _validate(cfg: Config, parts, unet, out: Path, step: int) -> None:
 
         prompts = prompt_set("persona")[:4]
     if prompts:
+        segments = cfg.objective.get("text_encoding") == "segments"  # LongAlign: sample as it trained
         validation_grid(parts, unet, prompts, out / "validation" / f"step_{step:06d}.png", cfg.model.pretrained,
-                        num_inference_steps=cfg.eval.num_inference_steps, guidance_scale=cfg.eval.guidance_scale)
+                        num_inference_steps=cfg.eval.num_inference_steps, guidance_scale=cfg.eval.guidance_scale,
+                        max_text_length=int(cfg.objective.get("max_text_length", DEFAULT_MAX_LENGTH)) if segments else None)
 
 
 def _mean_tail(history: list[dict], n: int = 20) -> dict:

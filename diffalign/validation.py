@@ -26,9 +26,15 @@ def sampling_pipeline(parts, unet, scheduler):
 
 @torch.no_grad()
 def validation_grid(parts, unet, prompts: list[str], out_path: Path, pretrained: str, seeds=(0, 1, 2, 3),
-                    num_inference_steps: int = 25, guidance_scale: float = 5.0) -> Path:
-    """One row per prompt, one column per seed, from the in-training UNet (adapters on)."""
+                    num_inference_steps: int = 25, guidance_scale: float = 5.0,
+                    max_text_length: int | None = None) -> Path:
+    """One row per prompt, one column per seed, from the in-training UNet (adapters on). ``max_text_length``:
+    encode the prompts by segments (LongAlign trained with ``text_encoding: segments``), else the 77-token window."""
     pipe = sampling_pipeline(parts, unet, DDIMScheduler.from_pretrained(pretrained, subfolder="scheduler"))
+    if max_text_length is not None:
+        from pipelines.long_prompt_sd import as_long_prompt_pipeline
+
+        pipe = as_long_prompt_pipeline(pipe, max_text_length)
     was_training = unet.training
     unet.eval()
     device_type = next(unet.parameters()).device.type

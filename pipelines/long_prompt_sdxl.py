@@ -16,24 +16,10 @@ from __future__ import annotations
 import torch
 from diffusers import StableDiffusionXLPipeline
 
-from diffalign.models.segment_encoding import DEFAULT_MAX_LENGTH, encode_prompts
+from pipelines.long_prompt_sd import SegmentPrompts
 
 
-class LongPromptStableDiffusionXLPipeline(StableDiffusionXLPipeline):
-    max_text_length: int = DEFAULT_MAX_LENGTH
-
-    def __call__(self, *args, max_text_length: int | None = None, **kwargs):
-        """StableDiffusionXLPipeline's call; ``max_text_length``: rows of text states (default 240)."""
-        if max_text_length is not None:
-            self.max_text_length = max_text_length
-        return super().__call__(*args, **kwargs)
-
-    def _segments(self, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-        encoders = [(self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)]
-        states, pooled = encode_prompts(prompts, encoders, self.max_text_length)  # [N, L, D1 + D2], [N, P]
-        dtype = self.text_encoder_2.dtype
-        return states.to(device, dtype), pooled.to(device, dtype)
-
+class LongPromptStableDiffusionXLPipeline(SegmentPrompts, StableDiffusionXLPipeline):
     def encode_prompt(self, prompt, prompt_2=None, device=None, num_images_per_prompt=1,
                       do_classifier_free_guidance=True, negative_prompt=None, negative_prompt_2=None,
                       prompt_embeds=None, negative_prompt_embeds=None, pooled_prompt_embeds=None,
@@ -41,18 +27,18 @@ class LongPromptStableDiffusionXLPipeline(StableDiffusionXLPipeline):
         if prompt_2 is not None or negative_prompt_2 is not None:
             raise ValueError("LongPromptStableDiffusionXLPipeline encodes one prompt with both encoders; "
                              "prompt_2 / negative_prompt_2 are not supported")
+        self._refuse_clip_skip(clip_skip)
         device = device or self._execution_device
         if prompt_embeds is None:
-            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            prompt_embeds, pooled_prompt_embeds = self._segments(prompts, device)
+            prompt_embeds, pooled_prompt_embeds = self._segments([prompt] if isinstance(prompt, str) else list(prompt),
+                                                                 device)
         if do_classifier_free_guidance and negative_prompt_embeds is None:
             if negative_prompt is None and self.config.force_zeros_for_empty_prompt:
                 negative_prompt_embeds = torch.zeros_like(prompt_embeds)
                 negative_pooled_prompt_embeds = torch.zeros_like(pooled_prompt_embeds)
             else:
-                negative = negative_prompt or ""
-                negatives = [negative] * len(prompt_embeds) if isinstance(negative, str) else list(negative)
-                negative_prompt_embeds, negative_pooled_prompt_embeds = self._segments(negatives, device)
+                negative_prompt_embeds, negative_pooled_prompt_embeds = self._segments(
+                    self._negatives(negative_prompt, len(prompt_embeds)), device)
         repeat = lambda x: None if x is None else x.repeat_interleave(num_images_per_prompt, dim=0)  # noqa: E731
         return (repeat(prompt_embeds), repeat(negative_prompt_embeds), repeat(pooled_prompt_embeds),
                 repeat(negative_pooled_prompt_embeds))

@@ -84,17 +84,31 @@ def test_longest_side_mode_pads_like_open_clip():
     torch.testing.assert_close(got[..., :6, :], torch.full_like(got[..., :6, :], black))  # the padded band
 
 
+def test_one_prompt_leaves_only_the_text_irrelevant_part_which_a_shared_direction_restores():
+    from diffalign.scorers.denscore import decomposed_score, shared_direction
+
+    torch.manual_seed(0)
+    f, t = torch.randn(3, 8), torch.randn(3, 8)
+    alone = decomposed_score(f[:1], t[:1], 0.3)  # v = t / |t|: S = 0.3 <t, f>
+    cos_tf = (t[0] @ torch.nn.functional.normalize(f[0], dim=0))
+    torch.testing.assert_close(alone[0], 0.3 * cos_tf)
+    torch.testing.assert_close(decomposed_score(f[:1], t[:1], 0.3, shared_direction(t)),
+                               decomposed_score(f, t, 0.3)[:1])  # the batch's v given to one row
+
+
 def test_reward_loss_is_half_one_minus_the_mean_score():
     objective = get_objective("longalign")
     scores = torch.tensor([0.2, -0.1, 0.5], requires_grad=True)
     loss, metrics = objective.reward_loss(scores)
-    assert float(loss) == pytest.approx(0.5 * (1 - 0.2))
+    assert float(loss.detach()) == pytest.approx(0.5 * (1 - 0.2))
     loss.backward()
     torch.testing.assert_close(scores.grad, torch.full((3,), -0.5 / 3))
     assert metrics["reward"] == pytest.approx(0.2) and metrics["reward_min"] == pytest.approx(-0.1)
     with pytest.raises(ValueError, match="text_encoding"):
         get_objective("longalign", text_encoding="long")
     assert get_objective("longalign", reward_backbone="hps", reward_model="x.pt").reward_options()["checkpoint"] == "x.pt"
+    with pytest.raises(ValueError, match="reward_backbone"):
+        get_objective("longalign", reward_backbone="aesthetic")
 
 
 def test_training_prompts_are_the_train_side_with_seeds_per_epoch(tmp_path):
@@ -110,6 +124,8 @@ def test_training_prompts_are_the_train_side_with_seeds_per_epoch(tmp_path):
     bad.write_text('{"prompt": "a cat"}\n{"prompt": "   "}\n')
     with pytest.raises(ValueError, match="prompt 1: empty"):
         TrainingPrompts(DataConfig(source=str(bad)), tokenizer)
+    with pytest.raises(ValueError, match="not a toy split"):  # a typo must not fall through to held-out prompts
+        TrainingPrompts(DataConfig(source="toy:long", split="trian"), tokenizer)
 
 
 def _toy_step(text_encoding="truncate", reward=None, steps=4, every=2):
@@ -128,7 +144,7 @@ def _toy_step(text_encoding="truncate", reward=None, steps=4, every=2):
 
 
 def test_reward_step_trains_the_lora_and_is_reproducible(toy_denscore):
-    step, parts, params = _toy_step(reward=toy_denscore.reward)
+    step, parts, params = _toy_step(reward=toy_denscore)
     batch = {"captions": LONG, "input_ids": torch.stack([build_clip_tokenizer()(c, padding="max_length",
                                                                                  max_length=77, truncation=True,
                                                                                  return_tensors="pt").input_ids[0]
@@ -144,10 +160,12 @@ def test_reward_step_trains_the_lora_and_is_reproducible(toy_denscore):
     assert float(without_ids) == float(loss)
     other, _ = step(parts.unet, {**batch, "seeds": torch.tensor([7, 8])})
     assert float(other) != float(loss)
+    with pytest.raises(ValueError, match="at least 2 prompts"):  # v of one prompt would zero the relevant part
+        step(parts.unet, {"captions": LONG[:1], "input_ids": None, "seeds": torch.tensor([5])})
 
 
 def test_segment_encoding_feeds_the_sampler_its_long_states(toy_denscore):
-    step, parts, _ = _toy_step("segments", reward=toy_denscore.reward)
+    step, parts, _ = _toy_step("segments", reward=toy_denscore)
     lengths = []
     unet_forward = parts.unet.forward
 
@@ -160,7 +178,7 @@ def test_segment_encoding_feeds_the_sampler_its_long_states(toy_denscore):
     assert torch.isfinite(loss) and set(lengths) == {100}  # max_text_length rows, uncond and cond alike
 
 
-def test_reward_step_on_sdxl_samples_like_the_sdxl_pipeline(tmp_path):
+def test_reward_step_on_sdxl_samples_like_the_sdxl_pipeline(tmp_path, toy_denscore):
     """The unconditional half is zeros (states and pooled), as StableDiffusionXLPipeline with no negative prompt."""
     from diffalign.models.tiny import build_tiny_sdxl
 
@@ -178,12 +196,9 @@ def test_reward_step_on_sdxl_samples_like_the_sdxl_pipeline(tmp_path):
         return unet_forward(sample, t, encoder_hidden_states, *rest, added_cond_kwargs=added_cond_kwargs, **kwargs)
 
     parts.unet.forward = spy
-    images = []
-    step = RewardStep(objective, parts, conditioner_for(parts), _Accelerator(), 32,
-                      lambda pixels, prompts: images.append(pixels) or pixels.mean(dim=(1, 2, 3)))
+    step = RewardStep(objective, parts, conditioner_for(parts), _Accelerator(), 32, toy_denscore)
     loss, _ = step(parts.unet, {"captions": ["a red circle", "a blue square"], "seeds": torch.tensor([1, 2])})
     loss.backward()
-    assert images[0].shape == (2, 3, 32, 32)
     states, added = seen[0]
     pooled = added["text_embeds"]  # [uncond x2; cond x2]
     assert pooled.shape[0] == 4 and pooled[:2].eq(0).all() and not pooled[2:].eq(0).all()
@@ -201,17 +216,27 @@ def test_longalign_config_rejects_image_only_settings():
     assert cfg.objective["text_encoding"] == "segments" and cfg.objective["num_inference_steps"] == 50
 
 
-def test_longalign_trains_a_lora_that_diffusers_loads(tmp_path):
+def test_longalign_trains_a_lora_that_diffusers_loads(tmp_path, monkeypatch):
     from diffusers import StableDiffusionPipeline
+
+    import pipelines.long_prompt_sd as long_prompt
+
+    wrapped = []
+    real = long_prompt.as_long_prompt_pipeline
+    monkeypatch.setattr(long_prompt, "as_long_prompt_pipeline",
+                        lambda pipe, n: wrapped.append(n) or real(pipe, n))  # called through, recorded
 
     from diffalign.train import build_config, parse_args, train
 
     out = tmp_path / "run"
     args, overrides = parse_args(["--method", "longalign", "--train.max_steps", "2", "--train.batch_size", "2",
                                   "--objective.num_inference_steps", "4", "--objective.grad_every", "2",
+                                  "--objective.text_encoding", "segments", "--objective.max_text_length", "100",
+                                  "--train.validation_every", "2", "--eval.validation_prompts", "[a red circle. a cat.]",
                                   "--eval.enabled", "false", "--train.report_to", "none", "--output_dir", str(out)])
     summary = train(build_config(args, overrides))
     assert summary["steps"] == 2 and "reward" in summary["final_metrics"]
+    assert (out / "validation" / "step_000002.png").is_file() and wrapped == [100]  # segments, as it trained
     assert json.loads((out / "summary.json").read_text())["method"] == "longalign"
     pipe = StableDiffusionPipeline.from_pretrained(str(TOY_SD))
     kwargs = dict(num_inference_steps=4, guidance_scale=5.0, output_type="np")

@@ -79,6 +79,7 @@ def test_timestep_buckets_give_each_bucket_its_own_offset_and_round_trip(tmp_pat
     fresh = _unet()
     load_soft_tokens(fresh, tmp_path)
     load_soft_tokens(fresh, tmp_path)  # attached again: still one timestep hook, the same output
+    assert len(fresh._forward_pre_hooks) == 1
     with torch.no_grad():
         torch.testing.assert_close(fresh(x, t, text).sample, moved)
 

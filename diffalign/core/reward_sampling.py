@@ -8,6 +8,10 @@ early step still reaches the output through every later update:
 
     x_{s} = sqrt(abar_s) * x0_hat(x_t, eps) + sqrt(1 - abar_s) * eps,   eps = eps_u + g (eps_c - eps_u)
 
+The UNet's *input* is detached at every step (truncated backpropagation, as DRaFT and LongAlign's code): a chosen
+step's gradient reaches its weights through the later linear updates only, never through a later UNet's input
+Jacobian, which CFG multiplies by up to g (7.5) per chosen step and which can make the gradient explode.
+
 Shapes: latents [B, C, h, w]; text / uncond states [B, L, D].
 """
 
@@ -49,7 +53,7 @@ def sample_with_reward_grad(unet, scheduler, latents: torch.Tensor, text: torch.
     x = latents * scheduler.init_noise_sigma
     for i, t in enumerate(scheduler.timesteps):
         with nullcontext() if i in chosen else torch.no_grad():
-            model_in = scheduler.scale_model_input(torch.cat([x, x]), t)
+            model_in = scheduler.scale_model_input(torch.cat([x, x]).detach(), t)
             out = unet(model_in, t, states, **extra).sample
             eps_u, eps_c = out.chunk(2)
             eps = eps_u + guidance_scale * (eps_c - eps_u)

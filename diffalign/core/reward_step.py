@@ -18,13 +18,19 @@ from diffusers import DDIMScheduler
 
 from ..models.conditioning import SDConditioner
 from ..models.segment_encoding import encode_prompts
+from ..scorers.denscore import shared_direction
+from .noise import seeded_generators
 from .reward_sampling import grad_step_indices, sample_with_reward_grad
 
 
 class RewardStep:
     def __init__(self, objective, parts, conditioner: SDConditioner, accelerator, resolution: int, reward):
-        """``parts``: models.loading.SDComponents; ``reward(pixels [B, 3, H, W] in [0, 1], prompts) -> [B]`` with
-        gradient (scorers/denscore.Denscore.reward); ``resolution``: the sampled images' side in pixels."""
+        """``parts``: models.loading.SDComponents; ``reward``: a scorers/denscore.Denscore (its ``reward(pixels
+        [B, 3, H, W] in [0, 1], prompts, shared) -> [B]`` has gradient); ``resolution``: the images' side in pixels.
+
+        Denscore's shared direction v is the normalised mean caption vector of the *global* micro-batch (gathered
+        over processes, as the authors' code): with one prompt, v would be that prompt's own vector and the
+        text-relevant part of S would vanish, so a global micro-batch of one is refused."""
         self.objective, self.parts, self.conditioner, self.accelerator = objective, parts, conditioner, accelerator
         self.reward = reward
         self.scheduler = DDIMScheduler.from_config(parts.noise_scheduler.config)  # eta 0, the model's betas
@@ -65,6 +71,18 @@ class RewardStep:
         meta = torch.tensor([[r, r, 0, 0, r, r]], dtype=torch.float32, device=device).expand(n, 6)
         return self.conditioner.unet_kwargs(pooled.to(device), meta)
 
+    @torch.no_grad()
+    def _shared_direction(self, captions: list[str]) -> torch.Tensor:
+        """v [D] over every process's captions of this step (their caption vectors gathered)."""
+        vectors = self.reward.caption_vectors(captions).to(self.accelerator.device)  # [B, D]
+        everyone = self.accelerator.gather(vectors) if getattr(self.accelerator, "num_processes", 1) > 1 \
+            else vectors  # [B x processes, D]
+        if len(everyone) < 2:
+            raise ValueError("longalign: Denscore needs at least 2 prompts per step across processes (its shared "
+                             "direction is their mean; with one prompt the text-relevant part is 0); raise "
+                             "train.batch_size")
+        return shared_direction(everyone)
+
     def __call__(self, unet, batch: dict) -> tuple[torch.Tensor, dict]:
         device, o = self.accelerator.device, self.objective
         captions = batch["captions"]
@@ -82,7 +100,7 @@ class RewardStep:
         if text.shape[1] != uncond.shape[1]:
             raise ValueError(f"text states have {text.shape[1]} rows but the empty prompt's {uncond.shape[1]}")
         channels = self.accelerator.unwrap_model(unet).config.in_channels
-        generators = [torch.Generator().manual_seed(int(s)) for s in batch["seeds"]]
+        generators = seeded_generators(batch["seeds"])
         latents = torch.stack([torch.randn(channels, self.latent_side, self.latent_side, generator=g)
                                for g in generators]).to(device)  # [B, C, h, w]
         rng = np.random.default_rng(int(batch["seeds"][0]))  # which steps keep their graph: reproducible per batch
@@ -95,6 +113,6 @@ class RewardStep:
         vae = self.parts.vae
         pixels = vae.decode(x0.to(vae.dtype) / self.scaling).sample  # [B, 3, H, W] in about [-1, 1]
         pixels = (pixels.float() / 2 + 0.5).clamp(0, 1)
-        loss, metrics = o.reward_loss(self.reward(pixels, captions))
+        loss, metrics = o.reward_loss(self.reward.reward(pixels, captions, self._shared_direction(captions)))
         metrics["grad_steps"] = len(chosen)
         return loss, metrics

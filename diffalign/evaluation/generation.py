@@ -35,17 +35,6 @@ class SamplingSettings:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _long_prompt_pipeline(pipe, max_length: int):
-    """The same components in pipelines/long_prompt_sd.py's pipeline: prompts through segment encoding."""
-    from pipelines.long_prompt_sd import LongPromptStableDiffusionPipeline
-
-    if hasattr(pipe, "text_encoder_2"):
-        raise ValueError("text_encoding 'segments' in evaluation supports SD 1.x/2.x pipelines only, not SDXL")
-    long = LongPromptStableDiffusionPipeline(**pipe.components)
-    long.max_text_length = max_length
-    return long
-
-
 def case_key(prompt: str, seed: int) -> str:
     return hashlib.sha256(f"{seed}|{prompt}".encode()).hexdigest()[:20]
 
@@ -67,7 +56,9 @@ def images_for(spec: ModelSpec, prompts: list[str], seeds: list[int], settings: 
         pipe = load_pipeline(spec, device, getattr(torch, settings.dtype))
         size = {k: v for k, v in (("height", settings.height), ("width", settings.width)) if v}
         if settings.text_encoding == "segments":
-            pipe = _long_prompt_pipeline(pipe, settings.max_text_length)
+            from pipelines.long_prompt_sd import as_long_prompt_pipeline
+
+            pipe = as_long_prompt_pipeline(pipe, settings.max_text_length)
         fresh = generate(pipe, [prompts[i] for i in missing], [seeds[i] for i in missing],
                          settings.num_inference_steps, settings.guidance_scale, batch_size=batch_size,
                          progress=progress, **size)

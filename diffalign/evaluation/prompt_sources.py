@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 TEXT_KEYS = ("prompt", "caption")
+TOY_SPLITS = {"train": "train", "test": "heldout", "heldout": "heldout"}  # a typo must not train on held-out prompts
 
 
 def _from_jsonl(path: Path, column: str | None) -> list[str]:
@@ -54,7 +55,10 @@ def load_prompts(source: str, column: str | None = None, split: str = "test", li
     if source.startswith("toy:"):
         from ..toy.prompts import prompt_set
 
-        prompts = prompt_set(source[len("toy:"):], "train" if split == "train" else "heldout")
+        if split not in TOY_SPLITS:
+            raise ValueError(f"{source}: split {split!r} is not a toy split; expected 'train' (the training side) or "
+                             "'test' / 'heldout' (the held-out side)")
+        prompts = prompt_set(source[len("toy:"):], TOY_SPLITS[split])
     elif Path(source).suffix == ".txt":
         prompts = [line.strip() for line in Path(source).read_text(encoding="utf-8").splitlines() if line.strip()]
     elif Path(source).suffix == ".jsonl":

@@ -11,7 +11,9 @@ are unchanged, so the mid and up blocks (and any other consumer) see the plain c
 With ``timestep_buckets`` N > 0 (the paper's option, N = 100), each bucket of the training timesteps has its own
 [m, D] embedding added to the tokens: tokens(t) = tokens + E[t · N // T] (T = 1000). The processors do not see the
 timestep, so a forward pre-hook on the UNet records it before each call. E starts at zero: untrained buckets are the
-plain tokens.
+plain tokens. The recorded timestep is the *last* call's: gradient checkpointing recomputes the blocks in backward,
+so with buckets a step must make one UNet call per backward (SoftREPA's step does; two calls at different t before
+one backward under checkpointing would recompute the first with the second's buckets).
 """
 
 from __future__ import annotations

@@ -36,6 +36,10 @@ class LongAlign(Objective):
         """``reward_backbone``: Denscore's CLIP-style scorer (pickscore, clipscore, hps); ``reward_model``: its
         weights (hub id or folder; None = the backbone's default). ``grad_every``: the sampling steps that keep
         their graph are every grad_every-th from a random start (50 / 10 = 5 steps, as the paper)."""
+        from ..scorers.denscore import BACKBONES
+
+        if reward_backbone not in BACKBONES:  # checked here, before any diffusion weights load
+            raise ValueError(f"reward_backbone: expected one of {BACKBONES}; got {reward_backbone!r}")
         if text_encoding not in TEXT_ENCODINGS:
             raise ValueError(f"text_encoding: expected one of {TEXT_ENCODINGS}; got {text_encoding!r}")
         if int(num_inference_steps) < 1 or int(grad_every) < 1:

@@ -55,21 +55,29 @@ class Denscore:
                        for chunk in batched(list(images), batch)])
         return decomposed_score(f, self.caption_vectors(prompts).to(f.device), self.omega).cpu()
 
-    def reward(self, pixels: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    def reward(self, pixels: torch.Tensor, prompts: list[str], shared: torch.Tensor | None = None) -> torch.Tensor:
         """S [B] of float pixels [B, 3, H, W] in [0, 1], with gradient to the pixels (the scorer's weights stay
-        frozen). The same score as calling the scorer on these images, up to uint8 rounding and resampling."""
+        frozen). The same score as calling the scorer on these images, up to uint8 rounding and resampling.
+        ``shared``: the direction v [D] (default: from these prompts; training passes the global batch's)."""
         if len(pixels) != len(prompts):
             raise ValueError(f"got {len(pixels)} images but {len(prompts)} prompts")
         f = self.similarity.pixel_features(pixels).float()  # [B, D]
-        return decomposed_score(f, self.caption_vectors(prompts).to(f.device), self.omega)
+        return decomposed_score(f, self.caption_vectors(prompts).to(f.device), self.omega, shared)
 
 
-def decomposed_score(image_features: torch.Tensor, caption_vectors: torch.Tensor, omega: float) -> torch.Tensor:
+def shared_direction(caption_vectors: torch.Tensor) -> torch.Tensor:
+    """v [D]: the normalised mean of the caption vectors [N, D]. With N = 1 (or N equal captions) v = t̄/|t̄| and
+    the text-relevant part of S vanishes: S = ω⟨t̄, f⟩, so callers need captions that differ."""
+    return torch.nn.functional.normalize(caption_vectors.mean(dim=0), dim=0)
+
+
+def decomposed_score(image_features: torch.Tensor, caption_vectors: torch.Tensor, omega: float,
+                     shared: torch.Tensor | None = None) -> torch.Tensor:
     """S [B] = ⟨t̄ − η v, f⟩ + ω η ⟨v, f⟩ with f the normalised image features [B, D], t̄ the caption vectors
-    [B, D], v the normalised batch mean of t̄ and η = ⟨t̄, v⟩."""
+    [B, D], v the shared direction (default: the normalised mean of these t̄) and η = ⟨t̄, v⟩."""
     f = torch.nn.functional.normalize(image_features, dim=-1)  # [B, D]
     t = caption_vectors
-    v = torch.nn.functional.normalize(t.mean(dim=0), dim=0)  # [D]
+    v = shared_direction(t) if shared is None else shared.to(t.device, t.dtype)  # [D]
     eta = t @ v  # [B]
     relevant = ((t - eta[:, None] * v) * f).sum(-1)
     irrelevant = eta * (f @ v)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
+from ..models.segment_encoding import split_segments
 from ..models.tokenizer import MAX_LENGTH, build_clip_tokenizer
 from .captions import write
 from .model import text_encoder_config
@@ -55,13 +56,22 @@ def normalise(images: np.ndarray) -> torch.Tensor:
     return (x - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
 
 
-def clip_batch(rng: np.random.Generator, n: int, multi_fraction: float = 0.15) -> tuple[list[str], np.ndarray]:
-    """n renders with captions that state size/position/background with odds 0.8 each (single objects)."""
+def clip_batch(rng: np.random.Generator, n: int, multi_fraction: float = 0.15,
+               scene_sentences: float = 0.0) -> tuple[list[str], np.ndarray]:
+    """n renders with captions that state size/position/background with odds 0.8 each (mostly single objects).
+
+    ``scene_sentences``: the share of renders that are 5-6-object scenes captioned by *one* sentence of their
+    verbose caption (one object, or the background): what LongAlign's Denscore compares an image with, sentence by
+    sentence. The rest are drawn as before."""
     captions, images = [], []
     for _ in range(n):
-        n_objects = int(rng.integers(2, 5)) if rng.random() < multi_fraction else 1
-        spec = sample_spec(rng, p_size=0.8, p_position=0.8, p_background=0.8, n_objects=n_objects)
-        captions.append(write(spec, "short", rng))
+        if scene_sentences and rng.random() < scene_sentences:  # no draw at 0: the default stream is unchanged
+            spec = sample_spec(rng, n_objects=int(rng.integers(5, 7)))
+            captions.append(str(rng.choice(split_segments(write(spec, "long", rng)))))
+        else:
+            n_objects = int(rng.integers(2, 5)) if rng.random() < multi_fraction else 1
+            spec = sample_spec(rng, p_size=0.8, p_position=0.8, p_background=0.8, n_objects=n_objects)
+            captions.append(write(spec, "short", rng))
         images.append(render(realise(spec, rng)))
     return captions, np.stack(images)
 
@@ -74,6 +84,7 @@ class ToyClipConfig:
     lr: float = 1e-3
     warmup_steps: int = 100
     weight_decay: float = 0.1
+    scene_sentences: float = 0.0  # share of multi-object scenes captioned by one of their sentences (see clip_batch)
 
 
 def train_toy_clip(out_dir: str | Path, cfg: ToyClipConfig | None = None) -> dict:
@@ -88,7 +99,7 @@ def train_toy_clip(out_dir: str | Path, cfg: ToyClipConfig | None = None) -> dic
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     start = time.time()
     for step in tqdm(range(cfg.steps), desc="toy clip"):
-        captions, images = clip_batch(rng, cfg.batch_size)
+        captions, images = clip_batch(rng, cfg.batch_size, scene_sentences=cfg.scene_sentences)
         # Padded to the batch's longest caption, not 77: the text tower costs a fifth as much.
         text = tokenizer(captions, padding="longest", max_length=MAX_LENGTH, truncation=True, return_tensors="pt")
         out = model(**text, pixel_values=normalise(images))
@@ -104,9 +115,28 @@ def train_toy_clip(out_dir: str | Path, cfg: ToyClipConfig | None = None) -> dic
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir, safe_serialization=True)
     make_processor(tokenizer).save_pretrained(out_dir)
-    summary = {"steps": cfg.steps, "batch_size": cfg.batch_size, "train_seconds": round(time.time() - start, 1),
-               "final_loss": float(loss), "heldout_retrieval": retrieval_accuracy(model, tokenizer)}
+    summary = {"steps": cfg.steps, "batch_size": cfg.batch_size, "scene_sentences": cfg.scene_sentences,
+               "train_seconds": round(time.time() - start, 1), "final_loss": float(loss),
+               "heldout_retrieval": retrieval_accuracy(model, tokenizer),
+               "long_caption_retrieval": long_caption_retrieval(model, tokenizer)}
     return summary
+
+
+@torch.no_grad()
+def long_caption_retrieval(model: CLIPModel, tokenizer, n: int = 64, seed: int = 20_000) -> float:
+    """Fraction of n fresh 5-6-object scenes whose own verbose caption is the closest of the n, each caption
+    embedded as Denscore does: the mean of its sentences' normalised embeddings."""
+    rng = np.random.default_rng(seed)
+    specs = [sample_spec(rng, n_objects=int(rng.integers(5, 7))) for _ in range(n)]
+    captions = [write(spec, "long", rng) for spec in specs]
+    images = np.stack([render(realise(spec, rng)) for spec in specs])
+    f = F.normalize(model.get_image_features(pixel_values=normalise(images)).pooler_output, dim=-1)  # [n, D]
+    t = []
+    for caption in captions:
+        ids = tokenizer(split_segments(caption), padding=True, return_tensors="pt")
+        t.append(F.normalize(model.get_text_features(**ids).pooler_output, dim=-1).mean(dim=0))
+    similarity = f @ torch.stack(t).T  # [n images, n captions]
+    return float((similarity.argmax(dim=1) == torch.arange(n)).float().mean())
 
 
 @torch.no_grad()
