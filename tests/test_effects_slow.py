@@ -38,7 +38,7 @@ def test_full_finetuning_beats_the_base_on_the_persona(tmp_path, method):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", [pytest.param("tdpo", marks=NO_EFFECT_YET), pytest.param("tkto", marks=NO_EFFECT_YET),
-                                    pytest.param("softrepa", marks=NO_EFFECT_YET)])
+                                    pytest.param("softrepa", marks=NO_EFFECT_YET), "longalign"])
 def test_caption_methods_raise_fidelity(tmp_path, method):
     result = _run(tmp_path, method)
     assert result["cases"] >= 200 and result["fidelity_win_rate_ci"][0] > 0.5, result["text"]

@@ -238,6 +238,15 @@ def test_longalign_trains_a_lora_that_diffusers_loads(tmp_path, monkeypatch):
     assert summary["steps"] == 2 and "reward" in summary["final_metrics"]
     assert (out / "validation" / "step_000002.png").is_file() and wrapped == [100]  # segments, as it trained
     assert json.loads((out / "summary.json").read_text())["method"] == "longalign"
+    # The toy comparison samples a segment-trained LoRA (and the base) with segment encoding, as it trained.
+    from diffalign.toy.compare import compare_before_after
+
+    cfg = build_config(args, overrides + [("eval.num_inference_steps", "2"), ("eval.seeds_per_prompt", "1"),
+                                          ("eval.prompt_set", "long"), ("overwrite", "true")])
+    result = compare_before_after(cfg, out)
+    report = json.loads((out / "comparison" / "report.json").read_text())
+    assert report["settings"]["sampling"]["text_encoding"] == "segments" and "segment encoding" in result["text"]
+    assert report["settings"]["sampling"]["max_text_length"] == 100 and result["cases"] == 75
     pipe = StableDiffusionPipeline.from_pretrained(str(TOY_SD))
     kwargs = dict(num_inference_steps=4, guidance_scale=5.0, output_type="np")
     base = pipe(LONG[0], generator=torch.Generator().manual_seed(0), **kwargs).images

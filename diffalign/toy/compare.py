@@ -12,19 +12,28 @@ import json
 from pathlib import Path
 
 from ..evaluation import SamplingSettings, evaluate
+from ..models.segment_encoding import DEFAULT_MAX_LENGTH
 
 
 def compare_before_after(cfg, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     e = cfg.eval
+    # A LoRA trained on segment-encoded prompts (LongAlign, text_encoding: segments) is sampled the way it trained;
+    # the base then gets the same encoding, so the comparison measures the LoRA and nothing else.
+    segments = cfg.objective.get("text_encoding") == "segments"
+    settings = SamplingSettings(e.num_inference_steps, e.guidance_scale)
+    if segments:
+        settings = SamplingSettings(e.num_inference_steps, e.guidance_scale, text_encoding="segments",
+                                    max_text_length=int(cfg.objective.get("max_text_length", DEFAULT_MAX_LENGTH)))
     report = evaluate(cfg.model.pretrained, adapters=[f"{cfg.method}={out_dir}"], prompts=f"toy:{e.prompt_set}",
                       scorers=["toy"], output_dir=out_dir / "comparison", seeds_per_prompt=e.seeds_per_prompt,
-                      settings=SamplingSettings(e.num_inference_steps, e.guidance_scale),
+                      settings=settings,
                       device="cpu")  # the toy model is tiny: CPU float32 keeps the figures machine-independent
     wr = report.win_rates()[cfg.method][f"toy/{e.persona}"]
     fid = {m: report.summary()[m]["toy/fidelity"].mean for m in report.models}
     fid_win = report.win_rates()[cfg.method]["toy/fidelity"]
-    text = (f"Before/after on {len(report.prompts)} held-out `{e.prompt_set}` prompt x seed cases:\n"
+    text = (f"Before/after on {len(report.prompts)} held-out `{e.prompt_set}` prompt x seed cases"
+            f"{' (both models sampled with segment encoding)' if segments else ''}:\n"
             f"  win rate of {cfg.method} over base, persona '{e.persona}': {wr}\n"
             f"  fidelity: base {fid['base']:.1%} -> {cfg.method} {fid[cfg.method]:.1%} (win rate {fid_win})\n"
             f"  report: {report.files['markdown']}; grid: {report.files['grid']}")
