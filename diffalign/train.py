@@ -403,7 +403,7 @@ def _is_toy(cfg: Config) -> bool:
 
 
 def _validate(cfg: Config, parts, unet, out: Path, step: int) -> None:
-    from diffalign.models.segment_encoding import DEFAULT_MAX_LENGTH
+    from diffalign.objectives.longalign import segment_length_for_sampling
     from diffalign.validation import validation_grid
 
     prompts = cfg.eval.validation_prompts
@@ -412,10 +412,9 @@ def _validate(cfg: Config, parts, unet, out: Path, step: int) -> None:
 
         prompts = prompt_set("persona")[:4]
     if prompts:
-        segments = cfg.objective.get("text_encoding") == "segments"  # LongAlign: sample as it trained
         validation_grid(parts, unet, prompts, out / "validation" / f"step_{step:06d}.png", cfg.model.pretrained,
                         num_inference_steps=cfg.eval.num_inference_steps, guidance_scale=cfg.eval.guidance_scale,
-                        max_text_length=int(cfg.objective.get("max_text_length", DEFAULT_MAX_LENGTH)) if segments else None)
+                        max_text_length=segment_length_for_sampling(cfg.objective))  # as it trained
 
 
 def _mean_tail(history: list[dict], n: int = 20) -> dict:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from diffusers import StableDiffusionPipeline
 
-from diffalign.models.segment_encoding import DEFAULT_MAX_LENGTH, encode_prompts
+from diffalign.models.segment_encoding import DEFAULT_MAX_LENGTH, encode_prompts, encoder_pairs
 
 
 class SegmentPrompts:
@@ -35,9 +35,7 @@ class SegmentPrompts:
 
     def _segments(self, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor | None]:
         """-> states [N, max_text_length, D] (SDXL: both encoders' features) and pooled [N, P] (SDXL) or None."""
-        encoders = [(self.tokenizer, self.text_encoder)]
-        if getattr(self, "text_encoder_2", None) is not None:
-            encoders.append((self.tokenizer_2, self.text_encoder_2))
+        encoders = encoder_pairs(self)
         states, pooled = encode_prompts(prompts, encoders, self.max_text_length)
         dtype = encoders[-1][1].dtype
         return states.to(device, dtype), None if pooled is None else pooled.to(device, dtype)

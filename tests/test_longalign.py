@@ -162,6 +162,31 @@ def test_reward_step_trains_the_lora_and_is_reproducible(toy_denscore):
     assert float(other) != float(loss)
     with pytest.raises(ValueError, match="at least 2 prompts"):  # v of one prompt would zero the relevant part
         step(parts.unet, {"captions": LONG[:1], "input_ids": None, "seeds": torch.tensor([5])})
+    # On two processes v is the mean over both ranks' prompts (gathered): one prompt per rank is then enough, and
+    # its score is the one computed with the gathered v.
+    from diffalign.scorers.denscore import shared_direction
+
+    other = ["a yellow circle.", "a purple square at the top."]
+
+    class TwoRanks(_Accelerator):
+        num_processes = 2
+
+        @staticmethod
+        def gather(vectors):
+            return torch.cat([vectors, toy_denscore.caption_vectors(other[:len(vectors)])])
+
+    step.accelerator = TwoRanks()
+    seen = {}
+    reward = toy_denscore.reward
+
+    def recording(pixels, prompts, shared=None):
+        seen["shared"] = shared
+        return reward(pixels, prompts, shared)
+
+    step.reward = type("R", (), {"caption_vectors": toy_denscore.caption_vectors, "reward": staticmethod(recording)})()
+    one, _ = step(parts.unet, {"captions": LONG[:1], "input_ids": None, "seeds": torch.tensor([5])})
+    expected = shared_direction(toy_denscore.caption_vectors(LONG[:1] + other[:1]))
+    torch.testing.assert_close(seen["shared"], expected)
 
 
 def test_segment_encoding_feeds_the_sampler_its_long_states(toy_denscore):

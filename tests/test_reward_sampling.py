@@ -65,3 +65,26 @@ def test_cfg_pairs_nested_sdxl_conditioning_unconditional_half_first():
     assert paired["added_cond_kwargs"]["time_ids"].shape == (4, 6)
     assert paired["added_cond_kwargs"]["text_embeds"][:2].eq(0).all()  # [uncond; cond], as diffusers' pipelines
     assert paired["added_cond_kwargs"]["text_embeds"][2:].eq(1).all()
+
+
+def test_the_unet_input_is_detached_so_no_gradient_passes_through_a_later_unet():
+    """Truncated backprop: at every step, chosen or not, the UNet sees a latent without graph; the gradient of an
+    earlier chosen step reaches the output only through the later (linear) DDIM updates."""
+    pipe = StableDiffusionPipeline.from_pretrained(TOY_SD)
+    params = attach_lora(pipe.unet, 4, 4.0, ["to_q", "to_k", "to_v", "to_out.0"])
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    ids = pipe.tokenizer(["a red circle", ""], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        text, uncond = pipe.text_encoder(ids)[0].chunk(2)
+    inputs_with_graph = []
+    forward = pipe.unet.forward
+
+    def spy(sample, *args, **kwargs):
+        inputs_with_graph.append(sample.requires_grad)
+        return forward(sample, *args, **kwargs)
+
+    pipe.unet.forward = spy
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    final = sample_with_reward_grad(pipe.unet, scheduler, latents, text, uncond, 5.0, 5, [0, 2, 4])
+    assert final.requires_grad and len(inputs_with_graph) == 5 and not any(inputs_with_graph)
+    assert all(p.requires_grad for p in params)

@@ -17,7 +17,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from ..models.conditioning import SDConditioner
-from ..models.segment_encoding import encode_prompts
+from ..models.segment_encoding import encode_prompts, encoder_pairs
 from ..scorers.denscore import shared_direction
 from .noise import seeded_generators
 from .reward_sampling import grad_step_indices, sample_with_reward_grad
@@ -42,22 +42,15 @@ class RewardStep:
         self.resolution, self.latent_side = resolution, resolution // factor
         self._uncond = None
 
-    def _encoder_pairs(self) -> list[tuple]:
-        p = self.parts
-        pairs = [(p.tokenizer, p.text_encoder)]
-        if getattr(p, "text_encoder_2", None) is not None:
-            pairs.append((p.tokenizer_2, p.text_encoder_2))
-        return pairs
-
     @torch.no_grad()
     def _encode(self, captions: list[str], input_ids: torch.Tensor | None):
         """-> (states [B, L, D], pooled [B, P] or None). L = 77 (truncate) or max_text_length (segments)."""
         if self.objective.text_encoding == "segments":
-            return encode_prompts(captions, self._encoder_pairs(), self.objective.max_text_length)
+            return encode_prompts(captions, encoder_pairs(self.parts), self.objective.max_text_length)
         if input_ids is None:
             from ..data.examples import token_ids
 
-            tokenizers = [t for t, _ in self._encoder_pairs()]
+            tokenizers = [t for t, _ in encoder_pairs(self.parts)]
             input_ids = torch.stack([token_ids(tokenizers if len(tokenizers) > 1 else tokenizers[0], c)
                                      for c in captions])
         encoded = self.conditioner.encode(input_ids)
@@ -106,7 +99,7 @@ class RewardStep:
         rng = np.random.default_rng(int(batch["seeds"][0]))  # which steps keep their graph: reproducible per batch
         chosen = grad_step_indices(o.num_inference_steps, o.grad_every, rng)
         extra = self._unet_kwargs(pooled, n, device)
-        # SDXL: the unconditional half gets the empty prompt's pooled embedding, as diffusers' SDXL pipeline
+        # SDXL: the unconditional half's own pooled embedding (zeros, see above)
         uncond_extra = self._unet_kwargs(uncond_pooled.expand(n, -1), n, device) if extra else None
         x0 = sample_with_reward_grad(unet, self.scheduler, latents, text, uncond, o.guidance_scale,
                                      o.num_inference_steps, chosen, uncond_unet_kwargs=uncond_extra, **extra)

@@ -34,7 +34,8 @@ class TrainingPrompts(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         caption = self.prompts[i]
-        return {"caption": caption, "input_ids": token_ids(self.tokenizer, caption), "seed": example_seed(self.seed, self.epoch, i)}
+        return {"caption": caption, "input_ids": token_ids(self.tokenizer, caption),
+                "seed": example_seed(self.seed, self.epoch, i)}
 
 
 def collate_prompts(examples: list[dict]) -> dict:

@@ -88,6 +88,14 @@ def encode_segments(prompt: str, encoders: list[tuple], max_length: int = DEFAUL
     return torch.cat(per_encoder, dim=-1), pooled, info
 
 
+def encoder_pairs(components) -> list[tuple]:
+    """[(tokenizer, text_encoder)] of a pipeline or SDComponents, plus SDXL's second pair when it has one."""
+    pairs = [(components.tokenizer, components.text_encoder)]
+    if getattr(components, "text_encoder_2", None) is not None:
+        pairs.append((components.tokenizer_2, components.text_encoder_2))
+    return pairs
+
+
 def encode_prompts(prompts: list[str], encoders: list[tuple], max_length: int = DEFAULT_MAX_LENGTH,
                    start_tokens: str = "all"):
     """[N, max_length, D] states (and [N, P] pooled or None) of N prompts."""

@@ -98,7 +98,8 @@ def attach_soft_tokens(unet, num_tokens: int = 4, blocks: tuple[str, ...] = ("do
                        tokens: SoftTokens | None = None, timestep_buckets: int = 0) -> SoftTokens:
     """Freeze ``unet`` and route the cross-attention (attn2) of ``blocks`` through soft tokens; returns them."""
     unet.requires_grad_(False)
-    tokens = tokens or SoftTokens(num_tokens, unet.config.cross_attention_dim, blocks, timestep_buckets=timestep_buckets)
+    tokens = tokens or SoftTokens(num_tokens, unet.config.cross_attention_dim, blocks,
+                                  timestep_buckets=timestep_buckets)
     tokens.to(unet.device)
     previous = getattr(unet, "_soft_token_hook", None)
     if previous is not None:  # attached again (a reload): one hook, feeding the new tokens

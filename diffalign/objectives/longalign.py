@@ -23,6 +23,14 @@ from .base import Objective, register
 TEXT_ENCODINGS = ("segments", "truncate")
 
 
+def segment_length_for_sampling(objective_options: dict) -> int | None:
+    """Rows of segment-encoded text a run's images should be sampled with (its ``max_text_length``) when it trained
+    on segment encoding (``text_encoding: segments``); None: the pipeline's own 77-token encoding."""
+    if objective_options.get("text_encoding") != "segments":
+        return None
+    return int(objective_options.get("max_text_length", DEFAULT_MAX_LENGTH))
+
+
 @register
 class LongAlign(Objective):
     name = "longalign"

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from ..evaluation import SamplingSettings, evaluate
-from ..models.segment_encoding import DEFAULT_MAX_LENGTH
+from ..objectives.longalign import segment_length_for_sampling
 
 
 def compare_before_after(cfg, out_dir: str | Path) -> dict:
@@ -20,11 +20,12 @@ def compare_before_after(cfg, out_dir: str | Path) -> dict:
     e = cfg.eval
     # A LoRA trained on segment-encoded prompts (LongAlign, text_encoding: segments) is sampled the way it trained;
     # the base then gets the same encoding, so the comparison measures the LoRA and nothing else.
-    segments = cfg.objective.get("text_encoding") == "segments"
+    segment_length = segment_length_for_sampling(cfg.objective)
+    segments = segment_length is not None
     settings = SamplingSettings(e.num_inference_steps, e.guidance_scale)
     if segments:
         settings = SamplingSettings(e.num_inference_steps, e.guidance_scale, text_encoding="segments",
-                                    max_text_length=int(cfg.objective.get("max_text_length", DEFAULT_MAX_LENGTH)))
+                                    max_text_length=segment_length)
     report = evaluate(cfg.model.pretrained, adapters=[f"{cfg.method}={out_dir}"], prompts=f"toy:{e.prompt_set}",
                       scorers=["toy"], output_dir=out_dir / "comparison", seeds_per_prompt=e.seeds_per_prompt,
                       settings=settings,
