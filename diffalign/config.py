@@ -49,6 +49,11 @@ class LoraSettings:
     rank: int = 8
     alpha: float = 8.0  # LoRA scale is alpha / rank
     target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    # Also a LoRA on the text encoder(s), as diffusers' --train_text_encoder (same rank and alpha). The
+    # reference then runs with both adapters off, and the text states are computed with gradient every step.
+    text_encoder: bool = False
+    text_encoder_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj",
+                                                                            "out_proj"])
 
 
 @dataclass
@@ -68,6 +73,9 @@ class TrainConfig:
     max_nonfinite_updates: int = 5  # a non-finite loss/gradient skips its update; this many in a row stops the run
     mixed_precision: str = "no"  # "no", "fp16" or "bf16" (errors are reduced in float32 regardless)
     gradient_checkpointing: bool = False
+    # [low, high): draw training timesteps uniformly from this range only (diffusers' timestep_bias "range");
+    # null = all of [0, num_train_timesteps). Composition (what is where, the background) is decided at high t.
+    timestep_range: list[int] | None = None
     ema_reference_decay: float | None = None  # full fine-tune: the reference follows the policy as an EMA (else frozen)
     channels_last: bool = False  # UNet weights/activations in channels-last memory format (often faster on GPU)
     compile: bool = False  # torch.compile the policy UNet (accelerate's dynamo, inductor backend)
@@ -288,6 +296,18 @@ def validate(cfg: Config, given: dict | None = None, overridden: set[str] = froz
         raise ConfigError(f"eval.prompt_set: expected persona, attributes or long; got {cfg.eval.prompt_set!r}")
     if cfg.lora.enabled and cfg.lora.rank < 1:
         raise ConfigError(f"lora.rank must be >= 1; got {cfg.lora.rank}")
+    if cfg.lora.text_encoder:
+        denoising = getattr(objective, "step_kind", "denoising") == "denoising"
+        if not cfg.lora.enabled or getattr(objective, "trains", "unet") != "unet" or not denoising:
+            raise ConfigError(f"lora.text_encoder needs a UNet LoRA (lora.enabled: true) and a method that trains "
+                              f"it on denoising errors (dpo, mapo, inpo, kto, tdpo, tkto); not {cfg.method}"
+                              f"{'' if cfg.lora.enabled else ' with lora.enabled: false'}")
+        if d.cache_encodings:
+            raise ConfigError("data.cache_encodings with lora.text_encoder: the text states change as the text "
+                              "encoder's LoRA trains, so they cannot be cached; turn one of them off")
+    r = t.timestep_range
+    if r is not None and (len(r) != 2 or not all(type(v) is int for v in r) or not 0 <= r[0] < r[1]):
+        raise ConfigError(f"train.timestep_range: expected [low, high) with 0 <= low < high; got {t.timestep_range}")
     if t.optimizer not in ("adamw", "adamw_8bit", "adafactor"):
         raise ConfigError(f"train.optimizer: expected adamw, adamw_8bit or adafactor; got {t.optimizer!r}")
     if t.ema_reference_decay is not None:
@@ -327,6 +347,8 @@ _SETTINGS_IN_USE = [
     ("lora", "rank", "LoRA training (lora.enabled: true)", "lora.enabled", _lora_in_use),
     ("lora", "alpha", "LoRA training (lora.enabled: true)", "lora.enabled", _lora_in_use),
     ("lora", "target_modules", "LoRA training (lora.enabled: true)", "lora.enabled", _lora_in_use),
+    ("lora", "text_encoder_target_modules", "a text-encoder LoRA (lora.text_encoder: true)", "lora.text_encoder",
+     lambda cfg, o: cfg.lora.text_encoder),
 ]
 
 

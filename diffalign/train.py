@@ -33,7 +33,7 @@ from diffalign.core.step import TrainStep
 from diffalign.data.factory import build_training_data
 from diffalign.models.conditioning import conditioner_for
 from diffalign.models.loading import freeze_encoders, load_sd_components, load_tokenizer, pipeline_class
-from diffalign.models.lora import attach_lora, save_lora
+from diffalign.models.lora import TextEncoderLora, attach_lora, save_lora
 from diffalign.models.lora_checkpoint import register_frozen_unet_checkpointing, register_lora_checkpointing
 from diffalign.models.soft_tokens import attach_soft_tokens, save_soft_tokens
 from diffalign.models.user_attention import attach_user_adapter, save_user_adapter
@@ -170,10 +170,14 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         raise ConfigError(str(err)) from err
     parts = load_sd_components(cfg.model.pretrained, cfg.model.revision, cfg.model.variant, tokenizer,
                                vae=cfg.model.vae)
+    steps_of_model = parts.noise_scheduler.config.num_train_timesteps
+    if cfg.train.timestep_range is not None and cfg.train.timestep_range[1] > steps_of_model:
+        raise ConfigError(f"train.timestep_range {cfg.train.timestep_range}: the model has {steps_of_model} training "
+                          f"timesteps, so high must be <= {steps_of_model}")
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     freeze_encoders(parts, accelerator.device, weight_dtype, replacement_vae=bool(cfg.model.vae))
     unet = parts.unet
-    reference = soft_tokens = user_adapter = None
+    reference = soft_tokens = user_adapter = text_lora = None
     trains = getattr(objective, "trains", "unet")  # what the objective trains: the UNet, or SoftREPA's tokens
     if trains == "soft_tokens":
         if accelerator.num_processes > 1:
@@ -194,6 +198,14 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         params += list(user_adapter.parameters())
     elif cfg.lora.enabled:
         params = attach_lora(unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules)
+        if cfg.lora.text_encoder:  # as diffusers' --train_text_encoder: same rank and alpha
+            encoders = [e for e in (parts.text_encoder, parts.text_encoder_2) if e is not None]
+            text_lora = TextEncoderLora(encoders, cfg.lora.rank, cfg.lora.alpha,
+                                        cfg.lora.text_encoder_target_modules)
+            if cfg.train.gradient_checkpointing:
+                for encoder in encoders:
+                    encoder.gradient_checkpointing_enable()
+            params += text_lora.params
     else:
         params = list(unet.parameters())
         if objective.needs_reference:  # full fine-tune: the reference is a frozen copy of the start
@@ -227,13 +239,14 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     else:  # a frozen UNet (PPD's adapter alone): device and mixed precision, no DDP (which refuses it)
         unet = accelerator.prepare_model(unet, evaluation_mode=True)
         optimizer, loader, lr_scheduler = accelerator.prepare(optimizer, loader, lr_scheduler)
-    if user_adapter is not None:  # outside DDP, so nothing else makes every rank start from rank 0's weights
-        broadcast_parameters(accelerator, user_adapter.parameters())
+    outside_ddp = [m for m in (user_adapter, text_lora) if m is not None]  # trained, but not in the UNet's DDP
+    for module in outside_ddp:  # nothing else makes every rank start from rank 0's weights
+        broadcast_parameters(accelerator, module.parameters())
     if cfg.lora.enabled and trains != "soft_tokens":
         register_lora_checkpointing(accelerator, unet)  # checkpoints hold the adapter, not the frozen base
     elif trains != "unet":
         register_frozen_unet_checkpointing(accelerator, unet)  # what trains is registered below, not the UNet
-    for outside in (soft_tokens, user_adapter):  # trained modules that live outside the UNet's parameters
+    for outside in (soft_tokens, user_adapter, text_lora):  # trained modules outside the UNet's parameters
         if outside is not None:
             accelerator.register_for_checkpointing(outside)
     cache = open_encoding_cache(cfg, weight_dtype, accelerator.process_index) if cfg.data.cache_encodings else None
@@ -241,7 +254,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         step_fn = make_reward_step(objective, parts, accelerator, cfg.data.resolution)
     else:
         step_fn = TrainStep(objective, parts.vae, conditioner_for(parts), parts.noise_scheduler, reference,
-                            accelerator, cache, user_adapter)
+                            accelerator, cache, user_adapter, text_lora, cfg.train.timestep_range)
 
     updates_per_epoch = len(loader) // cfg.train.grad_accum  # exact: the sampler trims epochs to whole updates
     global_step = resume_from(accelerator, out, resume) if resume else 0
@@ -274,8 +287,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                 accelerator.backward(loss)
                 finite = True
                 if accelerator.sync_gradients:
-                    if user_adapter is not None:  # outside DDP: average its gradients like DDP would
-                        average_gradients(accelerator, user_adapter.parameters())
+                    for module in outside_ddp:  # average their gradients like DDP would
+                        average_gradients(accelerator, module.parameters())
                     # The norm is the same on every rank (gradients are reduced), so all ranks skip together.
                     limit = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
                     norm = accelerator.clip_grad_norm_(params, limit)
@@ -349,7 +362,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             if cfg.lora.enabled:
                 summary["lora"] = str(save_lora(final, out, pipeline_class(parts.kind)))
         elif cfg.lora.enabled:
-            summary["lora"] = str(save_lora(final, out, pipeline_class(parts.kind)))
+            summary["lora"] = str(save_lora(final, out, pipeline_class(parts.kind), text_lora=text_lora))
         else:
             final.save_pretrained(out / "unet", safe_serialization=True)
             summary["unet"] = str(out / "unet")

@@ -104,6 +104,13 @@ def test_settings_are_accepted_where_they_apply():
         "spatial"]
 
 
+@pytest.mark.parametrize("value", ["[500]", "[800, 200]", "[-1, 10]", "[0.5, 900]"])
+def test_a_timestep_range_must_be_an_increasing_pair_of_integers(value):
+    with pytest.raises(ConfigError, match="train.timestep_range: expected \\[low, high\\)"):
+        load_config(overrides=[("train.timestep_range", value)])
+    assert load_config(overrides=[("train.timestep_range", "[500, 1000]")]).train.timestep_range == [500, 1000]
+
+
 def test_embedded_asset_paths_resolve_from_any_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # where assets/toy-sd does not exist
     cfg = load_config(REPO_ROOT / "configs/toy/dpo.yaml")

@@ -26,6 +26,17 @@ def test_groups_get_their_own_reproducible_noise_and_timestep():
     assert torch.equal(noise, again) and torch.equal(t, t2)
 
 
+def test_a_timestep_range_bounds_t_and_the_full_range_draws_as_before():
+    seeds = torch.arange(200)
+    _, full = group_noise((4, 8, 8), seeded_generators(seeds), 1000)
+    _, same = group_noise((4, 8, 8), seeded_generators(seeds), 1000, (0, 1000))
+    assert torch.equal(full, same)  # a run without train.timestep_range is unchanged
+    _, high = group_noise((4, 8, 8), seeded_generators(seeds), 1000, (500, 1000))
+    assert high.min() >= 500 and high.max() <= 999 and high.float().std() > 100  # uniform over the range
+    with pytest.raises(ValueError, match=r"\[0, 1200\) is not inside \[0, 1000\)"):
+        group_noise((4, 8, 8), seeded_generators(seeds), 1000, (0, 1200))
+
+
 @pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
 def test_target_follows_prediction_type(kind):
     sched = DDPMScheduler(num_train_timesteps=1000, prediction_type=kind)

@@ -32,11 +32,17 @@ def sample_latents(mean: torch.Tensor, std: torch.Tensor, generators: list[torch
     return mean + std * eps.to(mean.device, mean.dtype)
 
 
-def group_noise(shape: tuple, generators: list[torch.Generator], num_train_timesteps: int):
+def group_noise(shape: tuple, generators: list[torch.Generator], num_train_timesteps: int,
+                timestep_range: tuple[int, int] | None = None):
     """One (eps [C, H, W], t) per noise group -> (noise [G, C, H, W], timesteps [G] long), from its generator.
 
     Rows of a batch that belong to the same group (the two members of a pair) take the same eps and t.
+    t is uniform on [0, num_train_timesteps), or on ``timestep_range`` = [low, high) (the same draws for the
+    full range, so a run without one is unchanged).
     """
+    low, high = timestep_range or (0, num_train_timesteps)
+    if not 0 <= low < high <= num_train_timesteps:
+        raise ValueError(f"timestep range [{low}, {high}) is not inside [0, {num_train_timesteps})")
     eps = torch.stack([torch.randn(shape, generator=g) for g in generators])
-    t = torch.stack([torch.randint(0, num_train_timesteps, (), generator=g) for g in generators])
+    t = torch.stack([torch.randint(low, high, (), generator=g) for g in generators])
     return eps, t

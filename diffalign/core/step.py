@@ -30,12 +30,18 @@ from .reference import reference_unet
 
 class TrainStep:
     def __init__(self, objective: Objective, vae, text, noise_scheduler, frozen_reference, accelerator,
-                 cache: EncodingCache | None = None, user_adapter=None):
+                 cache: EncodingCache | None = None, user_adapter=None, text_lora=None,
+                 timestep_range: tuple[int, int] | None = None):
         """``text``: the text encoder (SD) or a conditioner (models/conditioning.py: SD or SDXL).
         ``cache``: frozen-encoder outputs on disk (data.encoding_cache); the encoders run only on misses.
         ``user_adapter``: PPD's (models/user_attention.py); the batch then holds ``user_embedding`` [U, E], one per
-        caption, whose user tokens are appended to each row's text states (with gradient, for the projector)."""
-        self.user_adapter = user_adapter
+        caption, whose user tokens are appended to each row's text states (with gradient, for the projector).
+        ``text_lora``: a LoRA on the text encoder(s) (models/lora.TextEncoderLora): the policy's text states are
+        then computed with gradient, and the reference's with those adapters off.
+        ``timestep_range``: [low, high) of the training timesteps (train.timestep_range; None = all)."""
+        if text_lora is not None and cache is not None:
+            raise ValueError("a trained text encoder's states cannot come from the encoding cache")
+        self.user_adapter, self.text_lora, self.timestep_range = user_adapter, text_lora, timestep_range
         self.objective, self.vae = objective, vae
         self.encoders = FrozenEncoders(vae, text, cache)
         self.conditioner = self.encoders.conditioner
@@ -68,39 +74,56 @@ class TrainStep:
             text = self.user_adapter.append_tokens(text, text.new_zeros(1, self.user_adapter.embed_dim))
         return 0.0 * unet(x, t, encoder_hidden_states=text, **extra).sample.float().sum()
 
+    def _text_rows(self, batch: dict, reference: bool = False) -> tuple[torch.Tensor, dict]:
+        """Each row's text states [R, 77, D] and extra UNet kwargs (SDXL: its pooled text and time ids).
+
+        Frozen text encoders: computed without gradient (and through the cache). A text-encoder LoRA: the policy's
+        with gradient, the reference's (``reference=True``) with the adapters off; the caller picks the grad mode.
+        """
+        device = self.accelerator.device
+        if self.text_lora is None:
+            encoded = self.encoders.text(batch["input_ids"])  # (states [U, 77, D],) or SDXL (+ pooled [U, P])
+        elif reference:
+            with self.text_lora.disabled():
+                encoded = self.conditioner.encode(batch["input_ids"])
+        else:
+            encoded = self.conditioner.encode(batch["input_ids"])
+        row_text = batch["row_text"].to(device)
+        pooled = encoded[1][row_text] if len(encoded) > 1 else None
+        meta = batch["image_meta"].to(device)[batch["row_image"].to(device)] if "image_meta" in batch else None
+        return encoded[0][row_text], self.conditioner.unet_kwargs(pooled, meta)  # [R, 77, D], {} or SDXL's
+
     @torch.no_grad()
-    def _inputs(self, unet, batch: dict):
+    def _inputs(self, unet, batch: dict, text: torch.Tensor, unet_kwargs: dict):
         device = self.accelerator.device
         generators = seeded_generators(batch["seeds"])  # [G]
         mean, std = self.encoders.posterior(batch["pixels"])  # [N, C, h, w] each
         images = sample_latents(mean, std, [generators[g] for g in batch["image_group"].tolist()])
         images = images.float() * self.scaling  # [N, C, h, w]
-        eps, t = group_noise(images.shape[1:], generators, self.noise_scheduler.config.num_train_timesteps)
+        eps, t = group_noise(images.shape[1:], generators, self.noise_scheduler.config.num_train_timesteps,
+                             self.timestep_range)
         rows, groups = batch["row_image"].to(device), batch["row_group"]
         x0, noise, t = images[rows], eps.to(device)[groups.to(device)], t.to(device)[groups.to(device)]  # [R, ...]
-        row_text = batch["row_text"].to(device)
-        encoded = self.encoders.text(batch["input_ids"])  # (states [U, 77, D],) or SDXL (states, pooled [U, P])
-        text = encoded[0][row_text]  # [R, 77, D]
-        pooled = encoded[1][row_text] if len(encoded) > 1 else None
-        meta = batch["image_meta"].to(device)[rows] if "image_meta" in batch else None  # [R, 6]
-        unet_kwargs = self.conditioner.unet_kwargs(pooled, meta)
         if self.objective.noising == "ddim_inversion":
             # InPO: x_t comes from inverting x0 (with the policy itself by default); the target is reparameterised.
             policy = self.accelerator.unwrap_model(unet)
             by_reference = self.objective.inversion_model == "reference"
+            if by_reference and self.text_lora is not None:  # the reference reads its own (adapter-free) text
+                text, unet_kwargs = self._text_rows(batch, reference=True)
             with (reference_unet(policy, self.frozen_reference) if by_reference else nullcontext(policy)) as inverter:
                 x_t, noise = ddim_inversion_latents(inverter, self.noise_scheduler, x0, t, text,
                                                     [generators[g] for g in groups.tolist()],
                                                     **self.objective.inversion_options, **unet_kwargs)
         else:
             x_t = self.noise_scheduler.add_noise(x0, noise, t)
-        return x_t, t, text, target_for(self.noise_scheduler, x0, noise, t), unet_kwargs
+        return x_t, t, target_for(self.noise_scheduler, x0, noise, t)
 
     def __call__(self, unet, batch: dict) -> tuple[torch.Tensor, dict]:
         if batch.get("rows") == 0:  # every example of this micro-batch was a skipped bad sample
             return self._no_rows_loss(unet), {}
         batch = self.objective.prepare_batch(batch)
-        x_t, t, text, target, extra = self._inputs(unet, batch)  # float32; the prepared UNet autocasts
+        text, extra = self._text_rows(batch)  # [R, 77, D]; with gradient only for a text-encoder LoRA
+        x_t, t, target = self._inputs(unet, batch, text, extra)  # float32; the prepared UNet autocasts
         if self.user_adapter is not None:  # [R, 77, D] -> [R, 77 + K, D]
             users = batch["user_embedding"].to(text.device)[batch["row_text"].to(text.device)]  # [R, E]
             text = self.user_adapter.append_tokens(text, users)
@@ -119,6 +142,9 @@ class TrainStep:
         if self.objective.needs_reference:
             # The unwrapped module has no autocast wrapper of its own, so enter accelerate's explicitly.
             # inference_mode: no autograd bookkeeping at all (a little cheaper than no_grad).
+            if self.text_lora is not None:  # its text states: text-encoder adapters off, precision as the policy's
+                with torch.inference_mode():
+                    text, extra = self._text_rows(batch, reference=True)
             with torch.inference_mode(), self.accelerator.autocast(), \
                     reference_unet(self.accelerator.unwrap_model(unet), self.frozen_reference,
                                    [self.user_adapter] if self.user_adapter is not None else ()) as r:

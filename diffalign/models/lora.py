@@ -1,8 +1,12 @@
-"""LoRA on the UNet through peft, and its export in the format diffusers' ``load_lora_weights`` reads."""
+"""LoRA on the UNet (and optionally the text encoders) through peft, and its export in the format diffusers'
+``load_lora_weights`` reads."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+
+import torch
 
 from diffusers import StableDiffusionPipeline
 from diffusers.utils import convert_state_dict_to_diffusers
@@ -26,13 +30,75 @@ def attach_lora(unet, rank: int, alpha: float, target_modules: list[str]) -> lis
     return params
 
 
-def save_lora(unet, out_dir: str | Path, pipeline_cls=StableDiffusionPipeline, is_main_process: bool = True) -> Path:
-    """Write ``pytorch_lora_weights.safetensors`` with the adapter metadata (rank, alpha, targets).
+class TextEncoderLora:
+    """LoRA adapters on a model's text encoder(s) (SD: one; SDXL: two), as diffusers' ``--train_text_encoder``.
+
+    ``disabled()`` switches them off (the reference's text states), and back on in a ``finally``.
+    """
+
+    def __init__(self, text_encoders: list, rank: int, alpha: float, target_modules: list[str]):
+        self.text_encoders = list(text_encoders)
+        self.params = []
+        for encoder in self.text_encoders:
+            encoder.requires_grad_(False)
+            encoder.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                                           target_modules=list(target_modules)))
+            trained = [p for p in encoder.parameters() if p.requires_grad]
+            if not trained:
+                raise ValueError(f"no text encoder module matched lora.text_encoder_target_modules="
+                                 f"{list(target_modules)}")
+            for p in trained:  # trained in float32 even when the frozen encoder runs in fp16/bf16
+                p.data = p.data.float()
+            self.params += trained
+
+    def parameters(self):
+        return iter(self.params)
+
+    @contextmanager
+    def disabled(self):
+        for encoder in self.text_encoders:
+            encoder.disable_adapters()
+        try:
+            yield self
+        finally:
+            for encoder in self.text_encoders:
+                encoder.enable_adapters()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """``text_encoder.<peft key>`` / ``text_encoder_2.<peft key>`` -> tensor (for checkpoints)."""
+        names = ("text_encoder", "text_encoder_2")
+        return {f"{name}.{k}": v.detach().contiguous() for name, encoder in zip(names, self.text_encoders)
+                for k, v in get_peft_model_state_dict(encoder).items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        from peft.utils import set_peft_model_state_dict
+
+        names = ("text_encoder", "text_encoder_2")
+        for name, encoder in zip(names, self.text_encoders):
+            own = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+            expected = get_peft_model_state_dict(encoder)
+            if set(own) != set(expected):
+                raise ValueError(f"{name} LoRA checkpoint keys do not match this run's adapter "
+                                 f"(missing {sorted(set(expected) - set(own))[:3]}, "
+                                 f"unexpected {sorted(set(own) - set(expected))[:3]})")
+            set_peft_model_state_dict(encoder, own)
+
+
+def save_lora(unet, out_dir: str | Path, pipeline_cls=StableDiffusionPipeline, is_main_process: bool = True,
+              text_lora: TextEncoderLora | None = None) -> Path:
+    """Write ``pytorch_lora_weights.safetensors`` with the adapter metadata (rank, alpha, targets); with
+    ``text_lora``, the text encoders' adapters too (``text_encoder.*``/``text_encoder_2.*`` keys, which
+    ``load_lora_weights`` loads into the pipeline's text encoders).
 
     Without the metadata a LoRA whose alpha differs from its rank reloads with the wrong scale.
     """
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    extra = {}
+    if text_lora is not None:
+        for name, encoder in zip(("text_encoder", "text_encoder_2"), text_lora.text_encoders):
+            extra[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(encoder))
+            extra[f"{name}_lora_adapter_metadata"] = encoder.peft_config["default"].to_dict()
     pipeline_cls.save_lora_weights(out_dir, unet_lora_layers=layers, is_main_process=is_main_process,
                                    unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
-                                   safe_serialization=True)
+                                   safe_serialization=True, **extra)
     return Path(out_dir) / LORA_FILE
