@@ -321,8 +321,12 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             metrics.update(loss=loss.item(), lr=lr_scheduler.get_last_lr()[0], epoch=epoch)
             history.append(metrics)
             if global_step % cfg.train.log_every == 0 or global_step == cfg.train.max_steps:
-                shown = "reward" if "reward" in metrics else "implicit_acc"  # what the objective reports
-                bar.set_postfix({"loss": f"{metrics['loss']:.4f}", shown: f"{metrics.get(shown, 0):.3f}"})
+                shown = {"loss": f"{metrics['loss']:.4f}"}  # and the objective's own headline metric, if any
+                for key in ("reward", "implicit_acc", "caption_accuracy"):
+                    if key in metrics:
+                        shown[key] = f"{metrics[key]:.3f}"
+                        break
+                bar.set_postfix(shown)
                 accelerator.log(metrics, step=global_step)
             if cfg.train.validation_every and global_step % cfg.train.validation_every == 0 \
                     and accelerator.is_main_process:
