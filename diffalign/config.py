@@ -347,6 +347,8 @@ _SETTINGS_IN_USE = [
     ("lora", "rank", "LoRA training (lora.enabled: true)", "lora.enabled", _lora_in_use),
     ("lora", "alpha", "LoRA training (lora.enabled: true)", "lora.enabled", _lora_in_use),
     ("lora", "target_modules", "LoRA training (lora.enabled: true)", "lora.enabled", _lora_in_use),
+    ("train", "timestep_range", "methods trained on denoising errors (not reward fine-tuning)", "method",
+     lambda cfg, o: getattr(o, "step_kind", "denoising") == "denoising"),
     ("lora", "text_encoder_target_modules", "a text-encoder LoRA (lora.text_encoder: true)", "lora.text_encoder",
      lambda cfg, o: cfg.lora.text_encoder),
 ]

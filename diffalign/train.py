@@ -202,9 +202,10 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             encoders = [e for e in (parts.text_encoder, parts.text_encoder_2) if e is not None]
             text_lora = TextEncoderLora(encoders, cfg.lora.rank, cfg.lora.alpha,
                                         cfg.lora.text_encoder_target_modules)
-            if cfg.train.gradient_checkpointing:
-                for encoder in encoders:
-                    encoder.gradient_checkpointing_enable()
+            if cfg.train.gradient_checkpointing:  # transformers checkpoints only in training mode
+                for encoder in encoders:  # (CLIP's dropouts are 0, so train() changes nothing else)
+                    encoder.activation_checkpointing_enable()
+                    encoder.train()
             params += text_lora.params
     else:
         params = list(unet.parameters())
@@ -297,6 +298,10 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                         finite = bool(torch.isfinite(norm)) and bool(torch.isfinite(loss.detach()))
                 if finite:
                     optimizer.step()
+                elif accelerator.scaler is not None:
+                    # fp16: optimizer.step() is what calls the grad scaler's update(); without it the scaler stays
+                    # "unscaled" and the next clip_grad_norm_ raises. update() also lowers the scale after an inf.
+                    accelerator.scaler.update()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             if accelerator.sync_gradients and finite and cfg.train.ema_reference_decay is not None:

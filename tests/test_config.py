@@ -109,6 +109,8 @@ def test_a_timestep_range_must_be_an_increasing_pair_of_integers(value):
     with pytest.raises(ConfigError, match="train.timestep_range: expected \\[low, high\\)"):
         load_config(overrides=[("train.timestep_range", value)])
     assert load_config(overrides=[("train.timestep_range", "[500, 1000]")]).train.timestep_range == [500, 1000]
+    with pytest.raises(ConfigError, match="train.timestep_range is set but method longalign does not use it"):
+        load_config(REPO_ROOT / "configs/toy/longalign.yaml", [("train.timestep_range", "[500, 1000]")])
 
 
 def test_embedded_asset_paths_resolve_from_any_folder(tmp_path, monkeypatch):

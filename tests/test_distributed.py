@@ -24,22 +24,32 @@ def _run(command: list[str], out) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-@pytest.mark.parametrize("method", ["dpo", "kto"])
-def test_two_ranks_train_the_same_weights_as_one_process(tmp_path, method):
+@pytest.mark.parametrize("method, extra", [("dpo", []), ("kto", []),
+                                           ("tdpo", ["--lora.text_encoder", "true"])],  # its adapter: outside DDP
+                         ids=["dpo", "kto", "tdpo-text-encoder-lora"])
+def test_two_ranks_train_the_same_weights_as_one_process(tmp_path, method, extra):
     _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "diffalign.train",
-          "--method", method, "--train.batch_size", "2", *ARGS], tmp_path / "two")
-    _run([sys.executable, "-m", "diffalign.train", "--method", method, "--train.batch_size", "4", *ARGS],
+          "--method", method, "--train.batch_size", "2", *ARGS, *extra], tmp_path / "two")
+    _run([sys.executable, "-m", "diffalign.train", "--method", method, "--train.batch_size", "4", *ARGS, *extra],
          tmp_path / "one")
     one, two = load_file(tmp_path / "one" / LORA_FILE), load_file(tmp_path / "two" / LORA_FILE)
     assert one.keys() == two.keys() and any(v.abs().max() > 1e-3 for k, v in one.items() if "lora.up" in k or "lora_B" in k)
     for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
+        if extra:  # the text encoder's adapter is averaged by hand, as PPD's (see the tolerance note there), and
+            # its float-order noise reaches the UNet's adapter through the text states. Without the averaging
+            # the text encoder's entries differ by far more (checked: the first key fails).
+            assert (two[key] - one[key]).abs().max() < 5e-4, key
+            assert ((two[key] - one[key]).abs() > 1e-5).float().mean() < 0.01, key
+        else:
+            torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
 
 
-def test_a_rank_whose_micro_batch_is_all_bad_samples_does_not_hang_the_others(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--lora.text_encoder", "true"]], ids=["unet-lora", "text-encoder-lora"])
+def test_a_rank_whose_micro_batch_is_all_bad_samples_does_not_hang_the_others(tmp_path, extra):
     """KTO reduces z0 across ranks inside its loss. Rank 1's first micro-batch is made all bad (skipped), so it
-    has no loss to compute; it must still join that reduction (with weight 0) or rank 0 waits forever."""
+    has no loss to compute; it must still join that reduction (with weight 0) or rank 0 waits forever. With a
+    text-encoder LoRA it must also join the by-hand averaging of that adapter's gradients."""
     from datasets import load_dataset
 
     from diffalign.data.sampler import EpochShuffle
@@ -56,12 +66,12 @@ def test_a_rank_whose_micro_batch_is_all_bad_samples_does_not_hang_the_others(tm
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "diffalign.train",
                "--method", "kto", "--train.batch_size", "2", "--data.source", str(source),
-               "--data.on_bad_sample", "skip", "--data.desirable_ratio", "null", *ARGS,
+               "--data.on_bad_sample", "skip", "--data.desirable_ratio", "null", *ARGS, *extra,
                "--output_dir", str(tmp_path / "out")]
     try:
         done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
     except subprocess.TimeoutExpired:
-        pytest.fail("the ranks hung: the rank with an empty micro-batch did not join the z0 reduction")
+        pytest.fail("the ranks hung: the rank with an empty micro-batch did not join the cross-rank reductions")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 bad samples skipped" in done.stdout
 

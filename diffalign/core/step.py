@@ -72,7 +72,14 @@ class TrainStep:
         extra = self.conditioner.dummy_unet_kwargs(1, self.accelerator.device)
         if self.user_adapter is not None:  # its parameters join the (zero) gradient like the other ranks'
             text = self.user_adapter.append_tokens(text, text.new_zeros(1, self.user_adapter.embed_dim))
-        return 0.0 * unet(x, t, encoder_hidden_states=text, **extra).sample.float().sum()
+        loss = 0.0 * unet(x, t, encoder_hidden_states=text, **extra).sample.float().sum()
+        if self.text_lora is not None:
+            # The text encoders' adapter gradients are averaged by hand, parameter by parameter, on every rank:
+            # this rank must have the same gradients present (zeros), or its all-reduces pair with others' calls.
+            ids = torch.zeros((1, 2, 77) if self.conditioner.kind == "sdxl" else (1, 77), dtype=torch.long,
+                              device=self.accelerator.device)
+            loss = loss + 0.0 * sum(part.float().sum() for part in self.conditioner.encode(ids))
+        return loss
 
     def _text_rows(self, batch: dict, reference: bool = False) -> tuple[torch.Tensor, dict]:
         """Each row's text states [R, 77, D] and extra UNet kwargs (SDXL: its pooled text and time ids).
