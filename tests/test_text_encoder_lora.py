@@ -144,3 +144,14 @@ def test_sdxl_trains_and_exports_both_text_encoders(tmp_path):
 def test_text_encoder_lora_is_refused_where_it_cannot_apply(method, overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(REPO_ROOT / f"configs/toy/{method}.yaml", [("lora.text_encoder", "true")] + overrides)
+
+
+def test_gradient_checkpointing_trains_the_same_text_encoder_adapter(tmp_path, monkeypatch):
+    seen = _spy(monkeypatch)
+    train(_cfg(tmp_path / "plain", extra=[("train.lr", "1e-2")]))
+    train(_cfg(tmp_path / "checkpointed", extra=[("train.lr", "1e-2"), ("train.gradient_checkpointing", "true")]))
+    encoder = seen["step"].text_lora.text_encoders[0]
+    assert encoder.training and encoder.is_gradient_checkpointing  # active: transformers checkpoints in train mode
+    plain, checkpointed = (load_file(tmp_path / run / LORA_FILE) for run in ("plain", "checkpointed"))
+    for key in plain:
+        torch.testing.assert_close(checkpointed[key], plain[key], rtol=1e-4, atol=1e-6)
