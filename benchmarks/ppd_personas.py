@@ -31,10 +31,17 @@ def main() -> None:
     parser.add_argument("--base", default=str(TOY_SD))
     parser.add_argument("--seeds", type=int, default=10, help="seeds per held-out persona prompt")
     parser.add_argument("--examples", type=int, default=4, help="examples per user embedding")
+    parser.add_argument("--user-scale", type=float, help="the user term's scale at sampling (default: as trained)")
+    parser.add_argument("--split", default="heldout", choices=["heldout", "train"],
+                        help="persona prompts: held-out (the measurement) or training-side (to choose settings)")
+    parser.add_argument("--personas", help="comma-separated subset (default: all five)")
+    parser.add_argument("--no-mix", action="store_true", help="skip the bold/subtle interpolation")
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results" / "ppd-personas-toy.json"))
     args = parser.parse_args()
+    options = {"personas": tuple(args.personas.split(","))} if args.personas else {}
     result = measure_personalization(args.base, args.ppd, args.pooled, k=args.examples, seeds_per_prompt=args.seeds,
-                                     out_dir=Path(args.out).with_suffix(""))
+                                     out_dir=Path(args.out).with_suffix(""), user_scale=args.user_scale,
+                                     split=args.split, mix=None if args.no_mix else ("bold", "subtle"), **options)
     print(result["text"])
     result["command"] = "python " + " ".join(sys.argv)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -47,9 +47,14 @@ class PersonalizedStableDiffusionPipeline(StableDiffusionPipeline):
         return self._user_encoder.encode_user(examples)
 
     def __call__(self, *args, user_embedding: torch.Tensor | None = None, user_examples: list | None = None,
-                 mix_with: torch.Tensor | None = None, mix_weight: float = 0.0, **kwargs):
+                 mix_with: torch.Tensor | None = None, mix_weight: float = 0.0, user_scale: float | None = None,
+                 **kwargs):
         """StableDiffusionPipeline's call, for one user: ``user_embedding`` [E] (or ``user_examples``), optionally
-        mixed with another user's as ``(1 - mix_weight) · user_embedding + mix_weight · mix_with``."""
+        mixed with another user's as ``(1 - mix_weight) · user_embedding + mix_weight · mix_with``.
+        ``user_scale``: the user term's scale for this call (default: the adapter's, as trained); above 1 it
+        strengthens the personalisation, as IP-Adapter's ``set_ip_adapter_scale`` does for an image prompt."""
+        if user_scale is not None and user_embedding is None and user_examples is None:
+            raise ValueError("user_scale needs a user (user_embedding or user_examples)")
         if user_examples is not None:
             if user_embedding is not None:
                 raise ValueError("pass user_embedding or user_examples, not both")
@@ -79,7 +84,13 @@ class PersonalizedStableDiffusionPipeline(StableDiffusionPipeline):
             user_embedding = torch.lerp(user_embedding, mix_with, float(mix_weight))
         elif mix_weight:
             raise ValueError("mix_weight needs mix_with: the other user's embedding")
-        return self._call_with(user_embedding, args, kwargs)
+        if user_scale is None:
+            return self._call_with(user_embedding, args, kwargs)
+        trained_scale, self.user_adapter.scale = self.user_adapter.scale, float(user_scale)
+        try:
+            return self._call_with(user_embedding, args, kwargs)
+        finally:
+            self.user_adapter.scale = trained_scale
 
     def _call_with(self, embedding: torch.Tensor, args, kwargs):
         if embedding.shape != (self.user_adapter.embed_dim,):

@@ -254,6 +254,15 @@ def test_ppd_trains_the_user_adapter_against_the_base_and_the_pipeline_loads_it(
     np.testing.assert_allclose(run(pipe, user_embedding=users["bold"], mix_with=users["subtle"], mix_weight=0.0),
                                bold, atol=1e-6)
     np.testing.assert_allclose(run(pipe), base, atol=1e-6)  # no user: adapter (and LoRA) off, the base model
+    # user_scale: this call's scale of the user term; the trained one is restored afterwards
+    trained_scale = pipe.user_adapter.scale
+    np.testing.assert_allclose(run(pipe, user_embedding=users["bold"], user_scale=trained_scale), bold, atol=1e-6)
+    stronger = run(pipe, user_embedding=users["bold"], user_scale=3 * trained_scale)
+    assert np.abs(stronger - bold).max() > 1e-4 and pipe.user_adapter.scale == trained_scale
+    if not lora:  # scale 0 switches the user term off: the base model (with a LoRA, the LoRA stays)
+        np.testing.assert_allclose(run(pipe, user_embedding=users["bold"], user_scale=0.0), base, atol=1e-5)
+    with pytest.raises(ValueError, match="user_scale needs a user"):
+        run(pipe, user_scale=2.0)
     pipe.load_user_adapter(str(tmp_path))  # loading again replaces the adapter, it does not nest a second one
     np.testing.assert_allclose(run(pipe, user_embedding=users["bold"]), bold, atol=1e-6)
     with pytest.raises(ValueError, match="mix_with has shape"):
@@ -461,3 +470,7 @@ def test_the_toy_personalisation_measurement_is_consistent(tmp_path):
     assert r["interpolation"]["1.0"]["subtle"] != pytest.approx(r["interpolation"]["0.0"]["subtle"])  # users differ
     wins, ties, losses = bold["vs_base"]["wins_ties_losses"]
     assert wins + ties + losses == 20 and bold["vs_base"]["rate"] == pytest.approx((wins + ties / 2) / 20)
+    # the training side of the persona prompts, to choose a setting such as the user scale without the held-out side
+    t = measure_personalization(str(TOY_SD), tmp_path / "ppd", personas=("bold",), seeds_per_prompt=1,
+                                num_inference_steps=2, mix=None, split="train", user_scale=2.0)
+    assert t["cases"] == 106 and t["interpolation"] == {} and "TRAINING-side" in t["text"] and "scale 2" in t["text"]

@@ -63,13 +63,18 @@ def _persona_scores(images: np.ndarray, prompts: list[str], persona: str) -> np.
 def measure_personalization(base: str, ppd_dir: str | Path, pooled_dir: str | Path | None = None,
                             personas: tuple[str, ...] = (*TRAINED_PERSONAS, UNSEEN_PERSONA), k: int = 4,
                             seeds_per_prompt: int = 10, num_inference_steps: int = 25, guidance_scale: float = 5.0,
-                            mix: tuple[str, str] = ("bold", "subtle"), out_dir: str | Path | None = None) -> dict:
-    """Win rates (persona score, paired by case) of the personalised model over the base and the pooled model."""
+                            mix: tuple[str, str] | None = ("bold", "subtle"), out_dir: str | Path | None = None,
+                            user_scale: float | None = None, split: str = "heldout") -> dict:
+    """Win rates (persona score, paired by case) of the personalised model over the base and the pooled model.
+
+    ``user_scale``: the user term's scale at sampling (None: as trained). ``split``: the persona prompts' side,
+    "heldout" (the measurement) or "train" (to choose settings such as the scale without looking at it).
+    ``mix`` None skips the interpolation."""
     from pipelines.personalized_sd import PersonalizedStableDiffusionPipeline
 
     from ..evaluation.models import ModelSpec, load_pipeline
 
-    prompts, seeds = cases(prompt_set("persona"), seeds_per_prompt)
+    prompts, seeds = cases(prompt_set("persona", split), seeds_per_prompt)
     settings = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, progress=False)
     base_images = generate(load_pipeline(ModelSpec("base", base)), prompts, seeds, **settings)
     pooled_images = None
@@ -78,11 +83,13 @@ def measure_personalization(base: str, ppd_dir: str | Path, pooled_dir: str | Pa
                                  **settings)
     ppd = PersonalizedStableDiffusionPipeline.from_pretrained(base)
     ppd.load_user_adapter(str(ppd_dir))
-    embeddings = {p: ppd.user_embedding(persona_examples(p, k)) for p in set(personas) | set(mix)}
-    result = {"cases": len(prompts), "examples_per_user": k, "personas": {}, "interpolation": {}}
+    embeddings = {p: ppd.user_embedding(persona_examples(p, k)) for p in set(personas) | set(mix or ())}
+    result = {"cases": len(prompts), "examples_per_user": k, "user_scale": user_scale, "prompt_split": split,
+              "personas": {}, "interpolation": {}}
+    settings_ppd = dict(settings, user_scale=user_scale)
     grid_rows, grid_titles = [base_images[::seeds_per_prompt][:8]], ["base"]
     for persona in personas:
-        images = generate(ppd, prompts, seeds, user_embedding=embeddings[persona], **settings)
+        images = generate(ppd, prompts, seeds, user_embedding=embeddings[persona], **settings_ppd)
         scores = _persona_scores(images, prompts, persona)
         base_scores = _persona_scores(base_images, prompts, persona)
         row = {"trained_on": persona in TRAINED_PERSONAS, "embedding_norm": float(embeddings[persona].norm()),
@@ -97,14 +104,15 @@ def measure_personalization(base: str, ppd_dir: str | Path, pooled_dir: str | Pa
         result["personas"][persona] = row
         grid_rows.append(images[::seeds_per_prompt][:8])
         grid_titles.append(f"ppd:{persona}")
-    a, b = mix
-    for w in MIX_WEIGHTS:  # (1 - w) a + w b: a's score should fall and b's rise as w grows
-        images = generate(ppd, prompts, seeds, user_embedding=embeddings[a], mix_with=embeddings[b], mix_weight=w,
-                          **settings)
-        result["interpolation"][str(w)] = {p: float(_persona_scores(images, prompts, p).mean()) for p in (a, b)}
-    curve_a = [result["interpolation"][str(w)][a] for w in MIX_WEIGHTS]
-    curve_b = [result["interpolation"][str(w)][b] for w in MIX_WEIGHTS]
-    result["interpolation_monotonic"] = bool(np.all(np.diff(curve_a) < 0) and np.all(np.diff(curve_b) > 0))
+    if mix is not None:
+        a, b = mix
+        for w in MIX_WEIGHTS:  # (1 - w) a + w b: a's score should fall and b's rise as w grows
+            images = generate(ppd, prompts, seeds, user_embedding=embeddings[a], mix_with=embeddings[b],
+                              mix_weight=w, **settings_ppd)
+            result["interpolation"][str(w)] = {p: float(_persona_scores(images, prompts, p).mean()) for p in (a, b)}
+        curve_a = [result["interpolation"][str(w)][a] for w in MIX_WEIGHTS]
+        curve_b = [result["interpolation"][str(w)][b] for w in MIX_WEIGHTS]
+        result["interpolation_monotonic"] = bool(np.all(np.diff(curve_a) < 0) and np.all(np.diff(curve_b) > 0))
     result["text"] = _text(result, mix)
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -130,8 +138,10 @@ def _as_dict(wr) -> dict:
 
 
 def _text(result: dict, mix: tuple[str, str]) -> str:
-    lines = [f"Personalised (PPD) vs base on {result['cases']} held-out persona prompt x seed cases, each user "
-             f"embedded from {result['examples_per_user']} examples:",
+    side = "held-out" if result["prompt_split"] == "heldout" else "TRAINING-side"
+    scale = "" if result["user_scale"] is None else f", user scale {result['user_scale']:g}"
+    lines = [f"Personalised (PPD) vs base on {result['cases']} {side} persona prompt x seed cases, each user "
+             f"embedded from {result['examples_per_user']} examples{scale}:",
              "| persona | trained on | score base -> ppd | win rate vs base | win rate vs pooled dpo | fidelity |",
              "|---|---|---|---|---|---|"]
     for p, r in result["personas"].items():
@@ -139,6 +149,8 @@ def _text(result: dict, mix: tuple[str, str]) -> str:
         lines.append(f"| {p} | {'yes' if r['trained_on'] else 'no (unseen)'} | {r['score_base']:.3f} -> "
                      f"{r['score_personalized']:.3f} | {r['vs_base']['text']} | {pooled} | "
                      f"{r['fidelity_base']:.1%} -> {r['fidelity_personalized']:.1%} |")
+    if mix is None:
+        return "\n".join(lines)
     a, b = mix
     lines.append(f"Interpolation (1 - w)·{a} + w·{b}, mean persona scores:")
     for w, scores in result["interpolation"].items():
