@@ -45,8 +45,14 @@ def test_caption_methods_raise_fidelity(tmp_path, method):
 
 
 @pytest.fixture(scope="module")
-def ppd_comparison(tmp_path_factory):
-    return _run(tmp_path_factory.mktemp("ppd"), "ppd")
+def ppd_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ppd")
+    return out / "ppd", _run(out, "ppd")
+
+
+@pytest.fixture(scope="module")
+def ppd_comparison(ppd_run):
+    return ppd_run[1]
 
 
 @pytest.mark.slow
@@ -61,6 +67,21 @@ def test_ppd_personalises_for_two_opposite_personas_and_mixes_monotonically(ppd_
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="unseen persona: 56.5% [49.7%, 63.3%], the lower bound just under 50%", strict=True)
+@pytest.mark.xfail(reason="unseen persona at the trained user scale: 56.5% [49.7%, 63.3%], the lower bound just "
+                          "under 50% (at user scale 3 it holds: the next test)", strict=True)
 def test_ppd_personalises_for_the_unseen_persona(ppd_comparison):
     assert ppd_comparison["personas"]["cosy"]["vs_base"]["ci"][0] > 0.5, ppd_comparison["text"]
+
+
+@pytest.mark.slow
+def test_ppd_at_user_scale_3_personalises_the_opposite_and_the_unseen_personas(ppd_run):
+    """The README's user-scale-3 rows (the scale chosen on training-side prompts): on the 200 held-out cases, bold,
+    subtle and the unseen cosy each beat the base, and the bold/subtle mix is monotonic. (Against the pooled DPO
+    model: benchmarks/ppd_personas.py --user-scale 3.)"""
+    from diffalign.paths import TOY_SD
+    from diffalign.toy.personalization import measure_personalization
+
+    result = measure_personalization(str(TOY_SD), ppd_run[0], personas=("bold", "subtle", "cosy"), user_scale=3.0)
+    for persona in ("bold", "subtle", "cosy"):
+        assert result["cases"] >= 200 and result["personas"][persona]["vs_base"]["ci"][0] > 0.5, result["text"]
+    assert result["interpolation_monotonic"], result["text"]
