@@ -38,7 +38,14 @@ def main() -> None:
     parser.add_argument("--no-mix", action="store_true", help="skip the bold/subtle interpolation")
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results" / "ppd-personas-toy.json"))
     args = parser.parse_args()
-    options = {"personas": tuple(args.personas.split(","))} if args.personas else {}
+    options = {}
+    if args.personas:
+        from diffalign.toy.personalization import TRAINED_PERSONAS, UNSEEN_PERSONA
+
+        options["personas"] = tuple(p.strip() for p in args.personas.split(","))
+        unknown = sorted(set(options["personas"]) - {*TRAINED_PERSONAS, UNSEEN_PERSONA})
+        if unknown:
+            parser.error(f"--personas: unknown {unknown}; expected some of {[*TRAINED_PERSONAS, UNSEEN_PERSONA]}")
     result = measure_personalization(args.base, args.ppd, args.pooled, k=args.examples, seeds_per_prompt=args.seeds,
                                      out_dir=Path(args.out).with_suffix(""), user_scale=args.user_scale,
                                      split=args.split, mix=None if args.no_mix else ("bold", "subtle"), **options)

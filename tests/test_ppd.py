@@ -263,6 +263,9 @@ def test_ppd_trains_the_user_adapter_against_the_base_and_the_pipeline_loads_it(
         np.testing.assert_allclose(run(pipe, user_embedding=users["bold"], user_scale=0.0), base, atol=1e-5)
     with pytest.raises(ValueError, match="user_scale needs a user"):
         run(pipe, user_scale=2.0)
+    with pytest.raises(ValueError, match="shape"):  # a call that fails still restores the trained scale
+        run(pipe, user_embedding=torch.zeros(3), user_scale=5.0)
+    assert pipe.user_adapter.scale == trained_scale
     pipe.load_user_adapter(str(tmp_path))  # loading again replaces the adapter, it does not nest a second one
     np.testing.assert_allclose(run(pipe, user_embedding=users["bold"]), bold, atol=1e-6)
     with pytest.raises(ValueError, match="mix_with has shape"):
@@ -474,3 +477,7 @@ def test_the_toy_personalisation_measurement_is_consistent(tmp_path):
     t = measure_personalization(str(TOY_SD), tmp_path / "ppd", personas=("bold",), seeds_per_prompt=1,
                                 num_inference_steps=2, mix=None, split="train", user_scale=2.0)
     assert t["cases"] == 106 and t["interpolation"] == {} and "TRAINING-side" in t["text"] and "scale 2" in t["text"]
+    plain = measure_personalization(str(TOY_SD), tmp_path / "ppd", personas=("bold",), seeds_per_prompt=1,
+                                    num_inference_steps=2, mix=None, split="train")
+    assert plain["personas"]["bold"]["score_personalized"] != t["personas"]["bold"]["score_personalized"]  # reached
+    assert plain["personas"]["bold"]["score_base"] == t["personas"]["bold"]["score_base"]  # the same cases

@@ -85,7 +85,7 @@ def measure_personalization(base: str, ppd_dir: str | Path, pooled_dir: str | Pa
     ppd.load_user_adapter(str(ppd_dir))
     embeddings = {p: ppd.user_embedding(persona_examples(p, k)) for p in set(personas) | set(mix or ())}
     result = {"cases": len(prompts), "examples_per_user": k, "user_scale": user_scale, "prompt_split": split,
-              "personas": {}, "interpolation": {}}
+              "personas": {}, "interpolation": {}, "interpolation_monotonic": None}
     settings_ppd = dict(settings, user_scale=user_scale)
     grid_rows, grid_titles = [base_images[::seeds_per_prompt][:8]], ["base"]
     for persona in personas:
@@ -137,7 +137,7 @@ def _as_dict(wr) -> dict:
             "text": str(wr)}
 
 
-def _text(result: dict, mix: tuple[str, str]) -> str:
+def _text(result: dict, mix: tuple[str, str] | None) -> str:
     side = "held-out" if result["prompt_split"] == "heldout" else "TRAINING-side"
     scale = "" if result["user_scale"] is None else f", user scale {result['user_scale']:g}"
     lines = [f"Personalised (PPD) vs base on {result['cases']} {side} persona prompt x seed cases, each user "
