@@ -214,3 +214,19 @@ def test_ema_reference_and_optimizer_are_validated():
         load_config(overrides=[("method", "mapo"), ("lora.enabled", "false"), ("train.ema_reference_decay", "0.9")])
     with pytest.raises(ConfigError, match="train.optimizer: expected adamw, adamw_8bit or adafactor"):
         load_config(overrides=[("train.optimizer", "sgd")])
+
+
+def test_train_timestep_range_reaches_the_step(tmp_path, monkeypatch):
+    import diffalign.core.step as step_module
+
+    drawn, original = [], step_module.group_noise
+
+    def spy(*args, **kwargs):  # the real draw, recorded
+        eps, t = original(*args, **kwargs)
+        drawn.append(t)
+        return eps, t
+
+    monkeypatch.setattr(step_module, "group_noise", spy)
+    train(_cfg(tmp_path, "dpo", [("train.timestep_range", "[990, 1000]")]))
+    t = torch.cat(drawn)
+    assert len(drawn) == 2 and t.min() >= 990 and t.max() <= 999

@@ -101,7 +101,7 @@ class TrainStep:
         return encoded[0][row_text], self.conditioner.unet_kwargs(pooled, meta)  # [R, 77, D], {} or SDXL's
 
     @torch.no_grad()
-    def _inputs(self, unet, batch: dict, text: torch.Tensor, unet_kwargs: dict):
+    def _inputs(self, unet, batch: dict, text: torch.Tensor, unet_kwargs: dict, reference_text=None):
         device = self.accelerator.device
         generators = seeded_generators(batch["seeds"])  # [G]
         mean, std = self.encoders.posterior(batch["pixels"])  # [N, C, h, w] each
@@ -115,8 +115,8 @@ class TrainStep:
             # InPO: x_t comes from inverting x0 (with the policy itself by default); the target is reparameterised.
             policy = self.accelerator.unwrap_model(unet)
             by_reference = self.objective.inversion_model == "reference"
-            if by_reference and self.text_lora is not None:  # the reference reads its own (adapter-free) text
-                text, unet_kwargs = self._text_rows(batch, reference=True)
+            if by_reference and reference_text is not None:  # the reference reads its own (adapter-free) text
+                text, unet_kwargs = reference_text
             with (reference_unet(policy, self.frozen_reference) if by_reference else nullcontext(policy)) as inverter:
                 x_t, noise = ddim_inversion_latents(inverter, self.noise_scheduler, x0, t, text,
                                                     [generators[g] for g in groups.tolist()],
@@ -130,7 +130,11 @@ class TrainStep:
             return self._no_rows_loss(unet), {}
         batch = self.objective.prepare_batch(batch)
         text, extra = self._text_rows(batch)  # [R, 77, D]; with gradient only for a text-encoder LoRA
-        x_t, t, target = self._inputs(unet, batch, text, extra)  # float32; the prepared UNet autocasts
+        reference_text = None  # a text-encoder LoRA: the reference's own states, adapters off, computed once
+        if self.text_lora is not None and self.objective.needs_reference:
+            with torch.inference_mode():  # outside autocast, as the policy's
+                reference_text = self._text_rows(batch, reference=True)
+        x_t, t, target = self._inputs(unet, batch, text, extra, reference_text)  # float32; the UNet autocasts
         if self.user_adapter is not None:  # [R, 77, D] -> [R, 77 + K, D]
             users = batch["user_embedding"].to(text.device)[batch["row_text"].to(text.device)]  # [R, E]
             text = self.user_adapter.append_tokens(text, users)
@@ -149,9 +153,8 @@ class TrainStep:
         if self.objective.needs_reference:
             # The unwrapped module has no autocast wrapper of its own, so enter accelerate's explicitly.
             # inference_mode: no autograd bookkeeping at all (a little cheaper than no_grad).
-            if self.text_lora is not None:  # its text states: text-encoder adapters off, precision as the policy's
-                with torch.inference_mode():
-                    text, extra = self._text_rows(batch, reference=True)
+            if reference_text is not None:
+                text, extra = reference_text
             with torch.inference_mode(), self.accelerator.autocast(), \
                     reference_unet(self.accelerator.unwrap_model(unet), self.frozen_reference,
                                    [self.user_adapter] if self.user_adapter is not None else ()) as r:

@@ -14,6 +14,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
+TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2")  # the pipeline's attribute names, and the export prefixes
 
 
 def attach_lora(unet, rank: int, alpha: float, target_modules: list[str]) -> list:
@@ -66,15 +67,13 @@ class TextEncoderLora:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """``text_encoder.<peft key>`` / ``text_encoder_2.<peft key>`` -> tensor (for checkpoints)."""
-        names = ("text_encoder", "text_encoder_2")
-        return {f"{name}.{k}": v.detach().contiguous() for name, encoder in zip(names, self.text_encoders)
+        return {f"{name}.{k}": v.detach().contiguous() for name, encoder in zip(TEXT_ENCODER_NAMES, self.text_encoders)
                 for k, v in get_peft_model_state_dict(encoder).items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         from peft.utils import set_peft_model_state_dict
 
-        names = ("text_encoder", "text_encoder_2")
-        for name, encoder in zip(names, self.text_encoders):
+        for name, encoder in zip(TEXT_ENCODER_NAMES, self.text_encoders):
             own = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
             expected = get_peft_model_state_dict(encoder)
             if set(own) != set(expected):
@@ -95,7 +94,7 @@ def save_lora(unet, out_dir: str | Path, pipeline_cls=StableDiffusionPipeline, i
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     extra = {}
     if text_lora is not None:
-        for name, encoder in zip(("text_encoder", "text_encoder_2"), text_lora.text_encoders):
+        for name, encoder in zip(TEXT_ENCODER_NAMES, text_lora.text_encoders):
             extra[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(encoder))
             extra[f"{name}_lora_adapter_metadata"] = encoder.peft_config["default"].to_dict()
     pipeline_cls.save_lora_weights(out_dir, unet_lora_layers=layers, is_main_process=is_main_process,
