@@ -252,6 +252,10 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             accelerator.register_for_checkpointing(outside)
     cache = open_encoding_cache(cfg, weight_dtype, accelerator.process_index) if cfg.data.cache_encodings else None
     if getattr(objective, "step_kind", "denoising") == "reward":  # LongAlign: sample, decode, score
+        if cfg.train.gradient_checkpointing:
+            # The reward backpropagates through VAE.decode at full resolution: its activations, not the UNet's,
+            # dominate memory at 512/1024 px. Checkpointing recomputes them (the VAE stays frozen).
+            parts.vae.enable_gradient_checkpointing()
         step_fn = make_reward_step(objective, parts, accelerator, cfg.data.resolution)
     else:
         step_fn = TrainStep(objective, parts.vae, conditioner_for(parts), parts.noise_scheduler, reference,

@@ -278,3 +278,35 @@ def test_longalign_trains_a_lora_that_diffusers_loads(tmp_path, monkeypatch):
     pipe.load_lora_weights(str(out))
     tuned = pipe(LONG[0], generator=torch.Generator().manual_seed(0), **kwargs).images
     assert np.abs(tuned - base).max() > 0
+
+
+def test_gradient_checkpointing_recomputes_the_vae_decode_and_trains_the_same_lora(tmp_path, monkeypatch):
+    """The reward backpropagates through VAE.decode; with train.gradient_checkpointing its up blocks run again in
+    the backward pass (twice per training decode) and the adapter comes out the same."""
+    from diffusers.models.unets.unet_2d_blocks import UpDecoderBlock2D
+    from safetensors.torch import load_file
+
+    from diffalign.models.lora import LORA_FILE
+    from diffalign.train import build_config, parse_args, train
+
+    calls = []
+    real_forward = UpDecoderBlock2D.forward
+    monkeypatch.setattr(UpDecoderBlock2D, "forward",
+                        lambda self, *a, **k: calls.append(1) or real_forward(self, *a, **k))  # counted, called through
+
+    def run(name, *extra):
+        calls.clear()
+        args, overrides = parse_args(["--method", "longalign", "--train.max_steps", "1", "--train.batch_size", "2",
+                                      "--train.lr", "1e-2", "--objective.num_inference_steps", "4",
+                                      "--objective.grad_every", "2", "--train.validation_every", "100",
+                                      "--eval.enabled", "false", "--train.report_to", "none",
+                                      "--output_dir", str(tmp_path / name), *extra])
+        train(build_config(args, overrides))
+        return len(calls), load_file(tmp_path / name / LORA_FILE)
+
+    plain_calls, plain = run("plain")
+    checkpointed_calls, checkpointed = run("checkpointed", "--train.gradient_checkpointing", "true")
+    assert plain_calls > 0 and checkpointed_calls == 2 * plain_calls
+    assert plain.keys() == checkpointed.keys()
+    for key in plain:
+        torch.testing.assert_close(checkpointed[key], plain[key], rtol=1e-4, atol=1e-6)
