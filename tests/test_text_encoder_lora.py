@@ -155,3 +155,33 @@ def test_gradient_checkpointing_trains_the_same_text_encoder_adapter(tmp_path, m
     plain, checkpointed = (load_file(tmp_path / run / LORA_FILE) for run in ("plain", "checkpointed"))
     for key in plain:
         torch.testing.assert_close(checkpointed[key], plain[key], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("inverter", ["reference", "policy"])
+def test_inpo_inverts_with_the_text_states_of_the_model_that_inverts(tmp_path, monkeypatch, inverter):
+    """InPO inverting with the reference reads the base text encoder's states (adapters off); inverting with the
+    policy reads the trained text encoder's, as the step computed them."""
+    import diffalign.core.step as step_module
+
+    seen, real_inversion, real_text_rows = _spy(monkeypatch), step_module.ddim_inversion_latents, TrainStep._text_rows
+    inverted_with, policy_text = [], []
+    monkeypatch.setattr(step_module, "ddim_inversion_latents",
+                        lambda model, scheduler, x0, t, text, *a, **k:
+                        inverted_with.append(text.detach().clone()) or real_inversion(model, scheduler, x0, t, text,
+                                                                                      *a, **k))
+
+    def text_rows(self, batch, reference=False):  # called through; the policy's states recorded
+        out = real_text_rows(self, batch, reference=reference)
+        if not reference:
+            policy_text.append(out[0].detach().clone())
+        return out
+
+    monkeypatch.setattr(TrainStep, "_text_rows", text_rows)
+    train(_cfg(tmp_path, "inpo", [("train.lr", "1e-2"), ("objective.inversion_model", inverter)]))
+    batch = seen["batch"]  # the last step's: both adapters had trained one update by then
+    base = CLIPTextModel.from_pretrained(TOY_SD, subfolder="text_encoder")
+    with torch.no_grad():
+        base_states = base(batch["input_ids"])[0][batch["row_text"]]  # [R, 77, D]
+    assert (policy_text[-1] - base_states).abs().max() > 1e-4  # the adapter had moved the policy's states
+    expected = base_states if inverter == "reference" else policy_text[-1]
+    torch.testing.assert_close(inverted_with[-1], expected, rtol=1e-5, atol=1e-5)
