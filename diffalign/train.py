@@ -40,6 +40,7 @@ from diffalign.models.user_attention import attach_user_adapter, save_user_adapt
 from diffalign.models.user_encoders import build_user_encoder
 from diffalign.objectives import get_objective
 from diffalign.paths import REPO_ROOT, refuse_overwrite
+from diffalign.update_metrics import UpdateMetrics
 
 TOY_CONFIGS = REPO_ROOT / "configs" / "toy"
 
@@ -271,7 +272,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
 
     bar = tqdm(total=cfg.train.max_steps, initial=global_step, desc=f"train {cfg.method}",
                disable=not accelerator.is_local_main_process)
-    start, history = time.time(), []
+    start, history, update_metrics = time.time(), [], UpdateMetrics()
     nonfinite_run = nonfinite_total = skipped_samples = 0
     epoch = first_epoch
     while global_step < cfg.train.max_steps:
@@ -289,8 +290,10 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                                                                   batch["reversed_users"])
             with accelerator.accumulate(unet):
                 loss, metrics = step_fn(unet, batch)
+                if metrics:  # none from a micro-batch whose examples were all skipped (its loss is a zero dummy)
+                    update_metrics.add({**metrics, "loss": loss.item()})
                 accelerator.backward(loss)
-                finite = True
+                finite, grad_norm = True, None
                 if accelerator.sync_gradients:
                     for module in outside_ddp:  # average their gradients like DDP would
                         average_gradients(accelerator, module.parameters())
@@ -298,7 +301,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                     limit = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
                     norm = accelerator.clip_grad_norm_(params, limit)
                     if norm is not None:  # DeepSpeed clips internally and returns None
-                        metrics["grad_norm"] = float(norm)
+                        grad_norm = float(norm)
                         finite = bool(torch.isfinite(norm)) and bool(torch.isfinite(loss.detach()))
                 if finite:
                     optimizer.step()
@@ -314,7 +317,6 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                 continue
             nonfinite_run = 0 if finite else nonfinite_run + 1
             nonfinite_total += 0 if finite else 1
-            metrics["nonfinite_skipped"] = nonfinite_total
             if nonfinite_run:
                 logger.warning("step %d: non-finite loss or gradient; update skipped (%d in a row, %d in all)",
                                global_step + 1, nonfinite_run, nonfinite_total)
@@ -327,10 +329,13 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                     f"{out / 'checkpoints'}. Lower train.lr, check the data, or raise train.max_nonfinite_updates.")
             global_step += 1
             bar.update(1)
-            metrics.update(loss=loss.item(), lr=lr_scheduler.get_last_lr()[0], epoch=epoch)
+            metrics = update_metrics.reduce(accelerator.num_processes)  # this update's, over micro-batches and ranks
+            if grad_norm is not None:
+                metrics["grad_norm"] = grad_norm
+            metrics.update(nonfinite_skipped=nonfinite_total, lr=lr_scheduler.get_last_lr()[0], epoch=epoch)
             history.append(metrics)
             if global_step % cfg.train.log_every == 0 or global_step == cfg.train.max_steps:
-                shown = {"loss": f"{metrics['loss']:.4f}"}  # and the objective's own headline metric, if any
+                shown = {"loss": f"{metrics.get('loss', float('nan')):.4f}"}  # and the objective's own headline metric, if any
                 for key in ("reward", "implicit_acc", "caption_accuracy"):
                     if key in metrics:
                         shown[key] = f"{metrics[key]:.3f}"

@@ -2,6 +2,7 @@
 the whole batch (same global batch). KTO also checks that its reference point z0 is reduced across the ranks
 (a per-rank z0 would differ from the global-batch one)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -34,6 +35,10 @@ def test_two_ranks_train_the_same_weights_as_one_process(tmp_path, method, extra
     _run([sys.executable, "-m", "diffalign.train", "--method", method, "--train.batch_size", "4", *ARGS, *extra],
          tmp_path / "one")
     one, two = load_file(tmp_path / "one" / LORA_FILE), load_file(tmp_path / "two" / LORA_FILE)
+    # The logged metrics are the mean over both ranks' micro-batches, i.e. the whole batch's (as one process's).
+    logged = {run: json.loads((tmp_path / run / "summary.json").read_text())["final_metrics"] for run in ("one", "two")}
+    for key in ("loss", "implicit_acc"):
+        assert logged["two"][key] == pytest.approx(logged["one"][key], rel=1e-3), key
     assert one.keys() == two.keys() and any(v.abs().max() > 1e-3 for k, v in one.items() if "lora.up" in k or "lora_B" in k)
     for key in one:
         if extra:  # the text encoder's adapter is averaged by hand, as PPD's (see the tolerance note there), and
