@@ -165,3 +165,18 @@ def test_denscore_is_the_decomposed_formula_and_omega_one_is_the_plain_cosine(ti
         assert float(score) == pytest.approx(cos, abs=2e-3)
     with pytest.raises(ValueError, match="denscore backbone"):
         create_scorer("denscore", backbone="aesthetic")
+
+
+def test_denscore_caption_cache_is_bounded_and_evicts_the_least_recently_used(tiny_clip):
+    path, _ = tiny_clip
+    scorer = create_scorer("denscore", backbone="clipscore", model=path, max_cached_captions=2)
+    embedded = []
+    real = scorer.similarity.embed_texts
+    scorer.similarity.embed_texts = lambda texts: embedded.extend(texts) or real(texts)  # counted, called through
+    first = scorer.caption_vectors(["a cat", "a dog"])
+    scorer.caption_vectors(["a cat"])  # a hit: "a cat" becomes the most recent
+    both = scorer.caption_vectors(["a cow", "a cat"])  # "a dog" (least recent) is evicted, "a cat" kept
+    assert embedded == ["a cat", "a dog", "a cow"] and list(scorer._caption_cache) == ["a cow", "a cat"]
+    torch.testing.assert_close(both[1], first[0])
+    scorer.caption_vectors(["a dog", "a bird", "a fish"])  # more captions in one call than the cache holds
+    assert len(scorer._caption_cache) == 2 and embedded[-3:] == ["a dog", "a bird", "a fish"]

@@ -15,6 +15,8 @@ Scores are relative to the batch (v is its mean direction): score a batch of sev
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 
 from ..models.segment_encoding import split_segments
@@ -25,13 +27,17 @@ BACKBONES = ("pickscore", "clipscore", "hps")
 
 @register("denscore")
 class Denscore:
-    def __init__(self, backbone: str = "pickscore", omega: float = 0.3, **backbone_options):
+    def __init__(self, backbone: str = "pickscore", omega: float = 0.3, max_cached_captions: int = 8192,
+                 **backbone_options):
         if backbone not in BACKBONES:
             raise ValueError(f"denscore backbone: expected one of {BACKBONES}; got {backbone!r}")
         scorer = create_scorer(backbone, **backbone_options)
         self.similarity = getattr(scorer, "clip", scorer)  # clipscore wraps its CLIP model; the others are one
         self.omega = float(omega)
-        self._caption_cache: dict[str, torch.Tensor] = {}
+        # Least recently used captions are evicted past ``max_cached_captions`` (8192 x D=1024 float32: 32 MB on
+        # the scorer's device), so a run over Pick-a-Pic's ~58k prompts does not grow without bound.
+        self._caption_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.max_cached_captions = int(max_cached_captions)
         model = getattr(self.similarity, "model", None)
         if isinstance(model, torch.nn.Module):
             model.requires_grad_(False)  # a reward model is never trained; gradients go to the pixels only
@@ -39,12 +45,18 @@ class Denscore:
     def caption_vectors(self, prompts: list[str]) -> torch.Tensor:
         """t̄ [B, D]: the mean of each caption's normalised sentence embeddings (not renormalised). Cached per
         caption: reward fine-tuning sees the same training prompts every epoch."""
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._caption_cache]
-        for prompt in missing:
+        vectors = {}
+        for prompt in dict.fromkeys(prompts):
+            if prompt in self._caption_cache:
+                self._caption_cache.move_to_end(prompt)
+                vectors[prompt] = self._caption_cache[prompt]
+                continue
             sentences = split_segments(prompt)
             e = torch.nn.functional.normalize(self.similarity.embed_texts(sentences).float(), dim=-1)
-            self._caption_cache[prompt] = e.mean(dim=0)
-        return torch.stack([self._caption_cache[p] for p in prompts])
+            vectors[prompt] = self._caption_cache[prompt] = e.mean(dim=0)
+            while len(self._caption_cache) > self.max_cached_captions:
+                self._caption_cache.popitem(last=False)
+        return torch.stack([vectors[p] for p in prompts])
 
     @torch.no_grad()
     def __call__(self, images: list, prompts: list[str]) -> torch.Tensor:
