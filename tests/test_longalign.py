@@ -203,12 +203,17 @@ def test_segment_encoding_feeds_the_sampler_its_long_states(toy_denscore):
     assert torch.isfinite(loss) and set(lengths) == {100}  # max_text_length rows, uncond and cond alike
 
 
-def test_reward_step_on_sdxl_samples_like_the_sdxl_pipeline(tmp_path, toy_denscore):
-    """The unconditional half is zeros (states and pooled), as StableDiffusionXLPipeline with no negative prompt."""
+@pytest.mark.parametrize("force_zeros", [True, False])
+def test_reward_step_on_sdxl_samples_like_the_sdxl_pipeline(tmp_path, toy_denscore, force_zeros):
+    """The unconditional half is zeros (states and pooled), as StableDiffusionXLPipeline with no negative prompt,
+    when the pipeline's force_zeros_for_empty_prompt is on; the encoded empty prompt when it is off."""
     from diffalign.models.tiny import build_tiny_sdxl
 
     build_tiny_sdxl(tmp_path / "sdxl")
+    index = tmp_path / "sdxl" / "model_index.json"
+    index.write_text(json.dumps({**json.loads(index.read_text()), "force_zeros_for_empty_prompt": force_zeros}))
     parts = load_sd_components(str(tmp_path / "sdxl"))
+    assert parts.force_zeros_for_empty_prompt is force_zeros
     for module in (parts.vae, parts.text_encoder, parts.text_encoder_2):
         module.requires_grad_(False)
     params = attach_lora(parts.unet, 4, 4.0, ["to_q", "to_k", "to_v", "to_out.0"])
@@ -226,8 +231,16 @@ def test_reward_step_on_sdxl_samples_like_the_sdxl_pipeline(tmp_path, toy_densco
     loss.backward()
     states, added = seen[0]
     pooled = added["text_embeds"]  # [uncond x2; cond x2]
-    assert pooled.shape[0] == 4 and pooled[:2].eq(0).all() and not pooled[2:].eq(0).all()
-    assert states[:2].eq(0).all() and not states[2:].eq(0).all()
+    assert pooled.shape[0] == 4 and not pooled[2:].eq(0).all() and not states[2:].eq(0).all()
+    if force_zeros:
+        assert pooled[:2].eq(0).all() and states[:2].eq(0).all()
+    else:  # the empty prompt, encoded as the pipeline's encode_prompt does
+        from diffusers import StableDiffusionXLPipeline
+
+        pipe = StableDiffusionXLPipeline.from_pretrained(str(tmp_path / "sdxl"))
+        empty, _, empty_pooled, _ = pipe.encode_prompt("", device="cpu", do_classifier_free_guidance=False)
+        torch.testing.assert_close(states[:2], empty.expand(2, -1, -1), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(pooled[:2], empty_pooled.expand(2, -1), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(added["time_ids"][0], torch.tensor([32.0, 32, 0, 0, 32, 32]))
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
 

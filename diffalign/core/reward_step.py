@@ -83,9 +83,9 @@ class RewardStep:
         text, pooled = self._encode(captions, batch.get("input_ids"))
         if self._uncond is None:  # the empty prompt, once
             states, pooled_empty = self._encode([""], None)
-            if self.conditioner.kind == "sdxl":
-                # diffusers' SDXL pipeline samples with zeros for an absent negative prompt
-                # (force_zeros_for_empty_prompt, on for SDXL base): train on what inference will do.
+            if self.conditioner.kind == "sdxl" and self.parts.force_zeros_for_empty_prompt:
+                # diffusers' SDXL pipeline samples with zeros for an absent negative prompt when the pipeline's
+                # force_zeros_for_empty_prompt is on (SDXL base): train on what inference will do.
                 states, pooled_empty = torch.zeros_like(states), torch.zeros_like(pooled_empty)
             self._uncond = states, pooled_empty
         uncond, uncond_pooled = self._uncond

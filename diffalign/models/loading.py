@@ -25,6 +25,9 @@ class SDComponents:
     kind: str = "sd"  # "sd" (1.x/2.x) or "sdxl"
     tokenizer_2: CLIPTokenizer | None = None  # SDXL's second tokenizer and text encoder (OpenCLIP bigG)
     text_encoder_2: CLIPTextModelWithProjection | None = None
+    # SDXL: the pipeline's own setting (model_index.json), on for SDXL base: with no negative prompt its
+    # unconditional half is zeros, not the encoded empty prompt. Unused for SD.
+    force_zeros_for_empty_prompt: bool = True
 
     @property
     def tokenizers(self):
@@ -75,6 +78,15 @@ def pipeline_kind(pretrained: str, revision: str | None = None) -> str:
     """"sd" or "sdxl", from the pipeline's model_index.json; a clear error for anything else."""
     if is_single_file(pretrained):
         return _single_file_pipeline(pretrained, None)[0]
+    name = _model_index(pretrained, revision).get("_class_name")
+    if name not in SUPPORTED:
+        raise ValueError(f"{pretrained}: a {name} pipeline is not supported; diffalign trains "
+                         f"{' and '.join(SUPPORTED)} models")
+    return SUPPORTED[name]
+
+
+def _model_index(pretrained: str, revision: str | None = None) -> dict:
+    """The pipeline folder's (or hub repo's) model_index.json."""
     local = Path(pretrained)
     if local.is_dir():
         index = local / "model_index.json"
@@ -82,11 +94,7 @@ def pipeline_kind(pretrained: str, revision: str | None = None) -> str:
         from huggingface_hub import hf_hub_download
 
         index = Path(hf_hub_download(pretrained, "model_index.json", revision=revision))
-    name = json.loads(index.read_text()).get("_class_name")
-    if name not in SUPPORTED:
-        raise ValueError(f"{pretrained}: a {name} pipeline is not supported; diffalign trains "
-                         f"{' and '.join(SUPPORTED)} models")
-    return SUPPORTED[name]
+    return json.loads(index.read_text())
 
 
 def pipeline_class(kind: str):
@@ -133,7 +141,9 @@ def load_sd_components(pretrained: str, revision: str | None = None, variant: st
     second = {}
     if kind == "sdxl":
         second = dict(tokenizer_2=tokenizers[1], text_encoder_2=CLIPTextModelWithProjection.from_pretrained(
-            pretrained, subfolder="text_encoder_2", variant=variant, **common))
+            pretrained, subfolder="text_encoder_2", variant=variant, **common),
+            force_zeros_for_empty_prompt=bool(_model_index(pretrained, revision).get(
+                "force_zeros_for_empty_prompt", True)))  # diffusers' default when the index omits it
     return SDComponents(
         kind=kind, **second,
         tokenizer=tokenizers[0] if kind == "sdxl" else tokenizers,
@@ -148,7 +158,9 @@ def load_sd_components(pretrained: str, revision: str | None = None, variant: st
 def _components_of_single_file(path: str, vae: str | None) -> SDComponents:
     kind, pipe = _single_file_pipeline(path, None)
     _single_file_pipeline.cache_clear()  # the components now belong to the run; don't keep a second reference
-    second = dict(tokenizer_2=pipe.tokenizer_2, text_encoder_2=pipe.text_encoder_2) if kind == "sdxl" else {}
+    second = dict(tokenizer_2=pipe.tokenizer_2, text_encoder_2=pipe.text_encoder_2,
+                  force_zeros_for_empty_prompt=bool(pipe.config.force_zeros_for_empty_prompt)) \
+        if kind == "sdxl" else {}
     return SDComponents(kind=kind, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder,
                         vae=AutoencoderKL.from_pretrained(vae) if vae else pipe.vae, unet=pipe.unet,
                         noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config), **second)
