@@ -96,6 +96,7 @@ class EvalConfig:
     num_inference_steps: int = 25
     guidance_scale: float = 5.0
     validation_prompts: list[str] = field(default_factory=list)  # grid prompts (toy: held-out ones if empty)
+    user_scale: float | None = None  # ppd: the user term's scale when the comparison samples (null: as trained)
 
 
 @dataclass
@@ -294,6 +295,11 @@ def validate(cfg: Config, given: dict | None = None, overridden: set[str] = froz
         raise ConfigError(f"data.perturb_axes: unknown {bad_axes} (or empty); expected some of {list(AXES)}")
     if cfg.eval.prompt_set not in ("persona", "attributes", "long"):
         raise ConfigError(f"eval.prompt_set: expected persona, attributes or long; got {cfg.eval.prompt_set!r}")
+    if cfg.eval.user_scale is not None and cfg.method != "ppd":
+        raise ConfigError(f"eval.user_scale is the sampling scale of PPD's user term; method {cfg.method!r} has "
+                          "no user term")
+    if cfg.eval.user_scale is not None and cfg.eval.user_scale < 0:
+        raise ConfigError(f"eval.user_scale must be >= 0; got {cfg.eval.user_scale}")
     if cfg.lora.enabled and cfg.lora.rank < 1:
         raise ConfigError(f"lora.rank must be >= 1; got {cfg.lora.rank}")
     if cfg.lora.text_encoder:

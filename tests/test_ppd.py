@@ -481,3 +481,29 @@ def test_the_toy_personalisation_measurement_is_consistent(tmp_path):
                                     num_inference_steps=2, mix=None, split="train")
     assert plain["personas"]["bold"]["score_personalized"] != t["personas"]["bold"]["score_personalized"]  # reached
     assert plain["personas"]["bold"]["score_base"] == t["personas"]["bold"]["score_base"]  # the same cases
+
+
+def test_the_trainers_comparison_samples_at_eval_user_scale(tmp_path):
+    """eval.user_scale reaches the end-of-run comparison's sampling; other methods refuse it."""
+    from diffalign.config import ConfigError, load_config
+    from diffalign.paths import REPO_ROOT
+    from diffalign.toy.personalization import compare_personalized
+
+    adapter = attach_user_adapter(_unet(), embed_dim=64, num_tokens=2,
+                                  encoder_spec={"kind": "clip_difference", "model": str(TOY_CLIP)})
+    _randomise(adapter, seed=4)
+    save_user_adapter(adapter, tmp_path / "ppd")
+    fast = [("eval.seeds_per_prompt", "1"), ("eval.num_inference_steps", "2"), ("output_dir", str(tmp_path / "ppd")),
+            ("overwrite", "true")]
+    results = {scale: compare_personalized(load_config(REPO_ROOT / "configs/toy/ppd.yaml",
+                                                       fast + [("eval.user_scale", scale)]), tmp_path / "ppd")
+               for scale in ("null", "2.5")}
+    assert results["null"]["user_scale"] is None and results["2.5"]["user_scale"] == 2.5
+    assert "user scale 2.5" in results["2.5"]["text"]
+    trained, scaled = (results[s]["personas"]["bold"] for s in ("null", "2.5"))
+    assert scaled["score_base"] == trained["score_base"]  # the same cases...
+    assert scaled["score_personalized"] != trained["score_personalized"]  # ...sampled at another scale
+    with pytest.raises(ConfigError, match="eval.user_scale"):
+        load_config(REPO_ROOT / "configs/toy/dpo.yaml", [("eval.user_scale", "2")])
+    with pytest.raises(ConfigError, match="eval.user_scale must be >= 0"):
+        load_config(REPO_ROOT / "configs/toy/ppd.yaml", [("eval.user_scale", "-1")])

@@ -125,11 +125,13 @@ def measure_personalization(base: str, ppd_dir: str | Path, pooled_dir: str | Pa
 
 def compare_personalized(cfg, out_dir: str | Path) -> dict:
     """The end of ``--method ppd`` on the toy: ``measure_personalization`` of the run (no pooled model), every user
-    embedded from 4 examples whatever the training profiles' size."""
+    embedded from 4 examples whatever the training profiles' size, sampled at ``eval.user_scale`` (default: the
+    trained scale)."""
     e = cfg.eval
     return measure_personalization(cfg.model.pretrained, out_dir, k=4,
                                    seeds_per_prompt=e.seeds_per_prompt, num_inference_steps=e.num_inference_steps,
-                                   guidance_scale=e.guidance_scale, out_dir=Path(out_dir) / "comparison")
+                                   guidance_scale=e.guidance_scale, out_dir=Path(out_dir) / "comparison",
+                                   user_scale=e.user_scale)
 
 
 def _as_dict(wr) -> dict:
