@@ -7,6 +7,7 @@ Every field is documented once, here, with its unit and whether it is per device
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -298,8 +299,8 @@ def validate(cfg: Config, given: dict | None = None, overridden: set[str] = froz
     if cfg.eval.user_scale is not None and cfg.method != "ppd":
         raise ConfigError(f"eval.user_scale is the sampling scale of PPD's user term; method {cfg.method!r} has "
                           "no user term")
-    if cfg.eval.user_scale is not None and cfg.eval.user_scale < 0:
-        raise ConfigError(f"eval.user_scale must be >= 0; got {cfg.eval.user_scale}")
+    if cfg.eval.user_scale is not None and not 0 <= cfg.eval.user_scale < math.inf:
+        raise ConfigError(f"eval.user_scale must be a finite number >= 0; got {cfg.eval.user_scale}")
     if cfg.lora.enabled and cfg.lora.rank < 1:
         raise ConfigError(f"lora.rank must be >= 1; got {cfg.lora.rank}")
     if cfg.lora.text_encoder:

@@ -40,7 +40,7 @@ from diffalign.models.user_attention import attach_user_adapter, save_user_adapt
 from diffalign.models.user_encoders import build_user_encoder
 from diffalign.objectives import get_objective
 from diffalign.paths import REPO_ROOT, refuse_overwrite
-from diffalign.update_metrics import UpdateMetrics
+from diffalign.update_metrics import UpdateMetrics, is_metric_value
 
 TOY_CONFIGS = REPO_ROOT / "configs" / "toy"
 
@@ -329,7 +329,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                     f"{out / 'checkpoints'}. Lower train.lr, check the data, or raise train.max_nonfinite_updates.")
             global_step += 1
             bar.update(1)
-            metrics = update_metrics.reduce(accelerator.num_processes)  # this update's, over micro-batches and ranks
+            # this update's metrics, over its micro-batches and the ranks
+            metrics = update_metrics.reduce(accelerator.num_processes)
             if grad_norm is not None:
                 metrics["grad_norm"] = grad_norm
             metrics.update(nonfinite_skipped=nonfinite_total, lr=lr_scheduler.get_last_lr()[0], epoch=epoch)
@@ -450,7 +451,7 @@ def _validate(cfg: Config, parts, unet, out: Path, step: int) -> None:
 
 def _mean_tail(history: list[dict], n: int = 20) -> dict:
     tail = history[-n:]
-    keys = {k for h in tail for k in h if isinstance(h[k], (int, float))}
+    keys = {k for h in tail for k in h if is_metric_value(h[k])}
     return {k: sum(h[k] for h in tail if k in h) / max(1, sum(k in h for h in tail)) for k in sorted(keys)}
 
 

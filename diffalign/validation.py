@@ -19,7 +19,8 @@ def sampling_pipeline(parts, unet, scheduler):
                   scheduler=scheduler)
     if getattr(parts, "kind", "sd") == "sdxl":
         return pipeline_class("sdxl")(text_encoder_2=parts.text_encoder_2, tokenizer_2=parts.tokenizer_2,
-                                      add_watermarker=False, **common)
+                                      add_watermarker=False, force_zeros_for_empty_prompt=getattr(
+                                          parts, "force_zeros_for_empty_prompt", True), **common)
     return StableDiffusionPipeline(safety_checker=None, feature_extractor=None, requires_safety_checker=False,
                                    **common)
 

@@ -505,5 +505,5 @@ def test_the_trainers_comparison_samples_at_eval_user_scale(tmp_path):
     assert scaled["score_personalized"] != trained["score_personalized"]  # ...sampled at another scale
     with pytest.raises(ConfigError, match="eval.user_scale"):
         load_config(REPO_ROOT / "configs/toy/dpo.yaml", [("eval.user_scale", "2")])
-    with pytest.raises(ConfigError, match="eval.user_scale must be >= 0"):
+    with pytest.raises(ConfigError, match="eval.user_scale must be a finite number >= 0"):
         load_config(REPO_ROOT / "configs/toy/ppd.yaml", [("eval.user_scale", "-1")])

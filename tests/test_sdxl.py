@@ -266,3 +266,19 @@ def test_diffalign_cache_fills_what_sdxl_training_reads(tiny_sdxl, tmp_path):
     cache = [("data.cache_encodings", "true"), ("data.cache_dir", str(tmp_path / "cache"))]
     warm = train(_cfg(tiny_sdxl, tmp_path / "run", "dpo", cache))
     assert warm["encoding_cache"]["encoder_calls"] == {"vae": 0, "text_encoder": 0}
+
+
+@pytest.mark.parametrize("force_zeros", [True, False])
+def test_validation_samples_with_the_pipelines_own_empty_prompt_rule(tiny_sdxl, force_zeros):
+    """The validation pipeline keeps the trained pipeline's force_zeros_for_empty_prompt (from model_index.json),
+    so its unconditional half is what LongAlign trained on and what diffusers samples with."""
+    from diffusers import DDIMScheduler
+
+    from diffalign.models.loading import load_sd_components
+    from diffalign.validation import sampling_pipeline
+
+    parts = load_sd_components(str(tiny_sdxl))
+    assert parts.force_zeros_for_empty_prompt  # the tiny SDXL's index, as SDXL base
+    parts.force_zeros_for_empty_prompt = force_zeros
+    pipe = sampling_pipeline(parts, parts.unet, DDIMScheduler.from_pretrained(tiny_sdxl, subfolder="scheduler"))
+    assert pipe.config.force_zeros_for_empty_prompt is force_zeros

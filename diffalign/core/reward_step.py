@@ -99,7 +99,7 @@ class RewardStep:
         rng = np.random.default_rng(int(batch["seeds"][0]))  # which steps keep their graph: reproducible per batch
         chosen = grad_step_indices(o.num_inference_steps, o.grad_every, rng)
         extra = self._unet_kwargs(pooled, n, device)
-        # SDXL: the unconditional half's own pooled embedding (zeros, see above)
+        # SDXL: the unconditional half's own pooled embedding (zeros or the empty prompt's, see above)
         uncond_extra = self._unet_kwargs(uncond_pooled.expand(n, -1), n, device) if extra else None
         x0 = sample_with_reward_grad(unet, self.scheduler, latents, text, uncond, o.guidance_scale,
                                      o.num_inference_steps, chosen, uncond_unet_kwargs=uncond_extra, **extra)

@@ -102,9 +102,13 @@ class DiffusionKTO(Objective):
         loss = (weights * kto_utility_loss(u, self.utility)).mean()
         desirable = labels > 0
         metrics = {"z0": float(z0), "implicit_acc": (u > 0).float().mean().item(),
-                   "reward_desirable": g[desirable].mean().item() if desirable.any() else float("nan"),
-                   "reward_undesirable": g[~desirable].mean().item() if (~desirable).any() else float("nan"),
                    "err_policy": policy.mean().item(), "err_ref": ref.mean().item()}
+        # A class absent from this micro-batch has no reward (left out, not NaN: the update's mean is over the
+        # micro-batches that have it).
+        if desirable.any():
+            metrics["reward_desirable"] = g[desirable].mean().item()
+        if (~desirable).any():
+            metrics["reward_undesirable"] = g[~desirable].mean().item()
         return loss, metrics
 
 

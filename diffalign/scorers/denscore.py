@@ -38,6 +38,8 @@ class Denscore:
         # the scorer's device), so a run over Pick-a-Pic's ~58k prompts does not grow without bound.
         self._caption_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.max_cached_captions = int(max_cached_captions)
+        if self.max_cached_captions < 1:
+            raise ValueError(f"denscore max_cached_captions must be >= 1; got {max_cached_captions}")
         model = getattr(self.similarity, "model", None)
         if isinstance(model, torch.nn.Module):
             model.requires_grad_(False)  # a reward model is never trained; gradients go to the pixels only
