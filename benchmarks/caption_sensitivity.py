@@ -7,7 +7,9 @@ perturbed along one axis at a time (content, attribute, spatial, context; diffal
 where the caption states a background, so the edit contradicts the image). At each timestep t, with the same
 noise for both captions, it reports the mean per-sample error under the true caption, the mean gap
 ``error(perturbed) - error(true)`` and how often the gap is positive. A gap of zero means the model does not
-read that part of the caption at all: TPO's pairs along that axis then carry no signal. ``--lora`` loads a trained
+read that part of the caption at all: TPO's pairs along that axis then carry no signal. Two more rows replace,
+in turn, the rows after the caption's end token and the caption's own rows with the empty caption's (which of
+them the UNet reads). ``--lora`` loads a trained
 output folder (UNet and, when trained, text-encoder LoRA) with ``load_lora_weights``.
 """
 
@@ -45,15 +47,32 @@ def _images(table, n: int) -> torch.Tensor:
     return torch.stack([pixels(c) for c in table["image"][:n]]).float() / 127.5 - 1
 
 
+def _gaps(pipe, x0: torch.Tensor, states_true: torch.Tensor, states_wrong: torch.Tensor, generator) -> dict:
+    """{t: mean error under states_true, mean gap error(wrong) - error(true), share of gaps > 0}, same noise."""
+    by_t = {}
+    for t in TIMESTEPS:
+        eps = torch.randn(x0.shape, generator=generator)
+        tt = torch.full((len(x0),), t)
+        x_t = pipe.scheduler.add_noise(x0, eps, tt)
+        err_true = ((pipe.unet(x_t, tt, states_true).sample - eps) ** 2).mean((1, 2, 3))  # [n]
+        err_wrong = ((pipe.unet(x_t, tt, states_wrong).sample - eps) ** 2).mean((1, 2, 3))
+        gap = err_wrong - err_true
+        by_t[t] = {"error_true": err_true.mean().item(), "gap": gap.mean().item(),
+                   "gap_positive": (gap > 0).float().mean().item()}
+    return by_t
+
+
 @torch.no_grad()
 def sensitivity(pipe, captions: list[str], images: torch.Tensor, seed: int = 0) -> dict:
     rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     perturber = RulePerturber()
 
+    def tokens(texts):
+        return pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt")
+
     def encode(texts):
-        ids = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
-        return pipe.text_encoder(ids)[0]  # [n, 77, D]
+        return pipe.text_encoder(tokens(texts).input_ids)[0]  # [n, 77, D]
 
     latents = pipe.vae.encode(images).latent_dist.mean * pipe.vae.config.scaling_factor  # [n, 4, h, w]
     result = {}
@@ -62,18 +81,19 @@ def sensitivity(pipe, captions: list[str], images: torch.Tensor, seed: int = 0) 
                 if axis in applicable_axes(c) and (axis != "context" or "background" in c)]
         true = [captions[i] for i in rows]
         wrong = [perturber.perturb(c, rng, axis)[0] for c in true]
-        x0, states_true, states_wrong = latents[rows], encode(true), encode(wrong)
-        by_t = {}
-        for t in TIMESTEPS:
-            eps = torch.randn(x0.shape, generator=generator)
-            tt = torch.full((len(rows),), t)
-            x_t = pipe.scheduler.add_noise(x0, eps, tt)
-            err_true = ((pipe.unet(x_t, tt, states_true).sample - eps) ** 2).mean((1, 2, 3))  # [n]
-            err_wrong = ((pipe.unet(x_t, tt, states_wrong).sample - eps) ** 2).mean((1, 2, 3))
-            gap = err_wrong - err_true
-            by_t[t] = {"error_true": err_true.mean().item(), "gap": gap.mean().item(),
-                       "gap_positive": (gap > 0).float().mean().item()}
-        result[axis] = {"captions": len(rows), "by_t": by_t}
+        result[axis] = {"captions": len(rows), "by_t": _gaps(pipe, latents[rows], encode(true), encode(wrong),
+                                                             generator)}
+    # Which rows of the conditioning the UNet reads: the caption's own (start, words, end token) or the ones after
+    # its end token (under CLIP's causal attention they summarise the whole caption). Each set in turn is replaced
+    # by the empty caption's rows at the same places; the bigger the gap, the more the UNet relies on that set.
+    states = encode(captions)  # [n, 77, D]
+    lengths = tokens(captions).attention_mask.sum(dim=1).tolist()  # start + words + end, per caption
+    empty = encode([""])[0]  # [77, D]
+    for name, part in (("rows_after_end_token", lambda n: slice(n, None)), ("caption_rows", lambda n: slice(0, n))):
+        edited = states.clone()
+        for i, n in enumerate(lengths):
+            edited[i, part(n)] = empty[part(n)]
+        result[name] = {"captions": len(captions), "by_t": _gaps(pipe, latents, states, edited, generator)}
     return result
 
 
@@ -94,7 +114,7 @@ def main() -> None:
     print(f"{args.model}{' + ' + args.lora if args.lora else ''}: error(perturbed) - error(true), same noise")
     for axis, r in result.items():
         cells = " | ".join(f"t{t} gap {v['gap']:+.4f} ({v['gap_positive']:.0%} > 0)" for t, v in r["by_t"].items())
-        print(f"  {axis:9s} ({r['captions']:3d}) {cells}")
+        print(f"  {axis:20s} ({r['captions']:3d}) {cells}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 
