@@ -185,3 +185,18 @@ def test_inpo_inverts_with_the_text_states_of_the_model_that_inverts(tmp_path, m
     assert (policy_text[-1] - base_states).abs().max() > 1e-4  # the adapter had moved the policy's states
     expected = base_states if inverter == "reference" else policy_text[-1]
     torch.testing.assert_close(inverted_with[-1], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_mixed_precision_trains_the_text_encoder_adapter_in_float32(tmp_path, monkeypatch):
+    """bf16 on CPU: the frozen encoders run in bf16, the adapter's weights stay float32 (an Adam step of lr 1e-3 on
+    bf16 weights would round away) and train; the first loss is still exactly log 2 (errors in float32)."""
+    seen = _spy(monkeypatch)
+    summary = train(_cfg(tmp_path, extra=[("train.mixed_precision", "bf16"), ("train.lr", "1e-2")]))
+    assert abs(summary["first_metrics"]["loss"] - math.log(2)) < 1e-6
+    encoder = seen["step"].text_lora.text_encoders[0]
+    assert encoder.dtype == torch.bfloat16
+    adapter = list(seen["step"].text_lora.parameters())
+    assert adapter and all(p.dtype == torch.float32 for p in adapter)
+    exported = load_file(tmp_path / LORA_FILE)
+    text_b = [v for k, v in exported.items() if k.startswith("text_encoder.") and "lora" in k and "up" in k]
+    assert text_b and any(v.abs().max() > 0 for v in text_b)  # it trained (B starts at zero)
