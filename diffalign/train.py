@@ -184,7 +184,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         if accelerator.num_processes > 1:
             raise ConfigError(f"{cfg.method} trains soft tokens outside the UNet: one process only for now")
         blocks = ("down", "mid") if parts.kind == "sdxl" else ("down",)  # SoftREPA: SD down; SDXL down + mid
-        soft_tokens = attach_soft_tokens(unet, objective.num_tokens, blocks,
+        init = start_token_state(parts) if objective.starts_from_start_token(parts.kind) else None
+        soft_tokens = attach_soft_tokens(unet, objective.num_tokens, blocks, init=init,
                                          timestep_buckets=objective.timestep_buckets).to(accelerator.device)
         params = list(soft_tokens.parameters())
     elif trains == "user_adapter":  # PPD: the user adapter, plus a LoRA with lora.enabled
@@ -399,6 +400,16 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.end_training()
     return summary
+
+
+@torch.no_grad()
+def start_token_state(parts) -> torch.Tensor:
+    """[D]: the text states' first row (the start token) for the empty prompt, as the UNet reads them (SDXL: both
+    encoders' penultimate states, concatenated)."""
+    from diffalign.data.examples import token_ids
+
+    states = conditioner_for(parts).encode(token_ids(parts.tokenizers, "")[None])[0]  # [1, 77, D]
+    return states[0, 0].float()
 
 
 def make_reward_step(objective, parts, accelerator: Accelerator, resolution: int):

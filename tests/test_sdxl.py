@@ -282,3 +282,20 @@ def test_validation_samples_with_the_pipelines_own_empty_prompt_rule(tiny_sdxl, 
     parts.force_zeros_for_empty_prompt = force_zeros
     pipe = sampling_pipeline(parts, parts.unet, DDIMScheduler.from_pretrained(tiny_sdxl, subfolder="scheduler"))
     assert pipe.config.force_zeros_for_empty_prompt is force_zeros
+
+
+def test_soft_token_start_state_is_the_sdxl_pipelines_empty_prompt_start_row(tiny_sdxl):
+    """token_init start_token on SDXL: both encoders' penultimate states at the start token, concatenated, as the
+    SDXL pipeline conditions; the reference init is N(0, 0.02²) for SDXL (the authors' code), start_token for SD."""
+    from diffalign.models.loading import load_sd_components
+    from diffalign.objectives import get_objective
+    from diffalign.train import start_token_state
+
+    parts = load_sd_components(str(tiny_sdxl))
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl)
+    empty, *_ = pipe.encode_prompt("", device="cpu", do_classifier_free_guidance=False)  # [1, 77, D1 + D2]
+    torch.testing.assert_close(start_token_state(parts), empty[0, 0], rtol=1e-5, atol=1e-5)
+    reference, start = get_objective("softrepa"), get_objective("softrepa", token_init="start_token")
+    assert not reference.starts_from_start_token("sdxl") and reference.starts_from_start_token("sd")
+    assert start.starts_from_start_token("sdxl") and not get_objective(
+        "softrepa", token_init="normal").starts_from_start_token("sd")

@@ -5,6 +5,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from diffalign.models.soft_tokens import attach_soft_tokens, load_soft_tokens, save_soft_tokens
+from diffalign.objectives import get_objective
 from diffalign.paths import TOY_SD
 
 
@@ -120,6 +121,51 @@ def test_softrepa_trains_only_the_tokens_and_its_output_loads_for_evaluation(tmp
     base = load_pipeline(ModelSpec("base", str(TOY_SD)))
     images = [p("a red circle", generator=torch.Generator().manual_seed(0), **kwargs).images for p in (tuned, base)]
     assert abs(images[0] - images[1]).max() > 1e-4  # the evaluated pipeline uses the trained tokens
+
+
+@pytest.mark.parametrize("token_init", ["reference", "start_token", "normal"])
+def test_tokens_start_as_the_empty_prompts_start_token_state_as_the_reference_code_does(tmp_path, monkeypatch,
+                                                                                         token_init):
+    """SD1.x (the authors' code): every token starts as the CLIP output at the start token of the empty prompt;
+    token_init normal: N(0, 0.02²)."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    import diffalign.train as trainer
+    from diffalign.config import load_config
+    from diffalign.paths import REPO_ROOT
+
+    started = {}
+    real_attach = trainer.attach_soft_tokens
+
+    def attach(unet, *args, **kwargs):  # called through; the starting tokens recorded
+        tokens = real_attach(unet, *args, **kwargs)
+        started["tokens"] = tokens.tokens.detach().clone()
+        return tokens
+
+    monkeypatch.setattr(trainer, "attach_soft_tokens", attach)
+    cfg = load_config(REPO_ROOT / "configs/toy/softrepa.yaml", [
+        ("objective.token_init", token_init), ("train.max_steps", "1"), ("train.batch_size", "2"),
+        ("data.max_pairs", "4"), ("eval.enabled", "false"), ("train.report_to", "none"), ("output_dir", str(tmp_path))])
+    trainer.train(cfg)
+    tokenizer = CLIPTokenizer.from_pretrained(TOY_SD, subfolder="tokenizer")
+    ids = tokenizer("", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        start_state = CLIPTextModel.from_pretrained(TOY_SD, subfolder="text_encoder")(ids)[0][0, 0]  # [D]
+    tokens = started["tokens"]  # [m, D]
+    assert tokens.shape == (4, start_state.shape[0])
+    if token_init == "normal":
+        assert tokens.std().item() == pytest.approx(0.02, rel=0.3) and tokens.abs().max() < 0.2
+    else:
+        torch.testing.assert_close(tokens, start_state.expand(4, -1), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="token_init"):
+        get_objective("softrepa", token_init="zeros")
+
+
+def test_a_start_vector_of_the_wrong_width_is_refused():
+    from diffalign.models.soft_tokens import SoftTokens
+
+    with pytest.raises(ValueError, match=r"init must be one \[8\] vector"):
+        SoftTokens(2, 8, init=torch.zeros(7))
 
 
 def test_all_combinations_rows_share_one_noise_group():

@@ -31,14 +31,20 @@ BLOCKS = ("down", "mid", "up")
 
 class SoftTokens(torch.nn.Module):
     def __init__(self, num_tokens: int, dim: int, blocks: tuple[str, ...] = ("down",), std: float = 0.02,
-                 timestep_buckets: int = 0, num_train_timesteps: int = 1000):
+                 timestep_buckets: int = 0, num_train_timesteps: int = 1000, init: torch.Tensor | None = None):
+        """``init`` [D]: every token starts as this vector (e.g. the empty prompt's start-token state, as the
+        authors' code does for SD1.5); default N(0, std²) per entry (theirs for SDXL/SD3)."""
         super().__init__()
         bad = sorted(set(blocks) - set(BLOCKS))
         if bad or not blocks or num_tokens < 1 or timestep_buckets < 0:
             raise ValueError(f"soft tokens: num_tokens >= 1, timestep_buckets >= 0 and blocks among {BLOCKS}; got "
                              f"{num_tokens}, {timestep_buckets}, {blocks}")
+        if init is not None and tuple(init.shape) != (dim,):
+            raise ValueError(f"soft tokens: init must be one [{dim}] vector; got {tuple(init.shape)}")
         self.blocks = tuple(blocks)
-        self.tokens = torch.nn.Parameter(torch.randn(num_tokens, dim) * std)  # [m, D]
+        start = torch.randn(num_tokens, dim) * std if init is None else \
+            init.detach().float().cpu().expand(num_tokens, -1).clone()
+        self.tokens = torch.nn.Parameter(start)  # [m, D]
         self.num_train_timesteps = num_train_timesteps
         # [N, m, D]: one offset per timestep bucket, zero at the start
         self.bucket_embedding = torch.nn.Parameter(torch.zeros(timestep_buckets, num_tokens, dim)) \
@@ -95,11 +101,13 @@ def _timestep_recorder(tokens: SoftTokens):
 
 
 def attach_soft_tokens(unet, num_tokens: int = 4, blocks: tuple[str, ...] = ("down",),
-                       tokens: SoftTokens | None = None, timestep_buckets: int = 0) -> SoftTokens:
-    """Freeze ``unet`` and route the cross-attention (attn2) of ``blocks`` through soft tokens; returns them."""
+                       tokens: SoftTokens | None = None, timestep_buckets: int = 0,
+                       init: torch.Tensor | None = None) -> SoftTokens:
+    """Freeze ``unet`` and route the cross-attention (attn2) of ``blocks`` through soft tokens; returns them.
+    ``init`` [D]: the new tokens' starting vector (see SoftTokens)."""
     unet.requires_grad_(False)
     tokens = tokens or SoftTokens(num_tokens, unet.config.cross_attention_dim, blocks,
-                                  timestep_buckets=timestep_buckets)
+                                  timestep_buckets=timestep_buckets, init=init)
     tokens.to(unet.device)
     previous = getattr(unet, "_soft_token_hook", None)
     if previous is not None:  # attached again (a reload): one hook, feeding the new tokens

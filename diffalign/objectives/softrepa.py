@@ -30,6 +30,9 @@ def softrepa_loss(errors: torch.Tensor, scale: float = 4.0, temperature: float =
                                                     "caption_accuracy": accuracy}
 
 
+TOKEN_INITS = ("reference", "start_token", "normal")
+
+
 @register
 class SoftREPA(Objective):
     """Rows: every (image i, caption j) of a batch of B captioned images, one shared noise and t (pair_axis
@@ -41,15 +44,24 @@ class SoftREPA(Objective):
     trains = "soft_tokens"
 
     def __init__(self, num_tokens: int = 4, scale: float = 4.0, temperature: float = 0.07,
-                 matched_weight: float = 10.0, timestep_buckets: int = 0):
+                 matched_weight: float = 10.0, timestep_buckets: int = 0, token_init: str = "reference"):
         """``timestep_buckets``: N > 0 adds a per-bucket embedding of the timestep to the tokens (the paper's
-        option: 100); 0 = the same tokens at every t."""
+        option: 100); 0 = the same tokens at every t. ``token_init``: ``start_token`` (every token starts as the
+        empty prompt's start-token state: in distribution, at the text states' scale), ``normal`` (N(0, 0.02²)),
+        or ``reference`` (the authors' code: start_token for SD1.x/2.x, normal for SDXL)."""
         if int(num_tokens) < 1 or temperature <= 0 or int(timestep_buckets) < 0:
             raise ValueError(f"num_tokens must be >= 1, temperature > 0 and timestep_buckets >= 0; got {num_tokens}, "
                              f"{temperature}, {timestep_buckets}")
+        if token_init not in TOKEN_INITS:
+            raise ValueError(f"token_init: expected one of {TOKEN_INITS}; got {token_init!r}")
+        self.token_init = token_init
         self.num_tokens, self.scale, self.temperature = int(num_tokens), scale, temperature
         self.timestep_buckets = int(timestep_buckets)
         self.matched_weight = matched_weight
+
+    def starts_from_start_token(self, model_kind: str) -> bool:
+        """Whether the tokens start as the empty prompt's start-token state for a model of ``model_kind``."""
+        return self.token_init == "start_token" or (self.token_init == "reference" and model_kind == "sd")
 
     def row_loss(self, policy: torch.Tensor, ref: torch.Tensor | None, batch: dict):
         b = int(round(len(policy) ** 0.5))
