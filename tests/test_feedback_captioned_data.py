@@ -85,6 +85,20 @@ def test_given_negative_captions_are_used_and_checked(tmp_path, tokenizer):
         ds[1]
 
 
+def test_softrepa_data_neither_builds_nor_checks_a_negative_caption(tmp_path, tokenizer):
+    """SoftREPA pairs each image with the batch's other captions: a negative_caption column (even one equal to the
+    caption, which TPO refuses) is not its business."""
+    from diffalign.data.factory import build_training_data
+
+    src = _write(tmp_path, [{"caption": "a red circle", "image": _image(0), "negative_caption": "a red circle"},
+                            {"caption": "a blue square", "image": _image(90), "negative_caption": "a blue square"}])
+    dataset, _, collate = build_training_data(DataConfig(source=src, resolution=32), "batch", tokenizer, seed=0,
+                                              examples_per_update=2)
+    examples = [dataset[i] for i in range(2)]
+    assert all("negative_ids" not in e for e in examples)
+    assert collate(examples)["input_ids"].shape == (2, 77)
+
+
 def test_pairs_convert_to_feedback_without_ties(tmp_path, tokenizer):
     from diffalign.cli import main
 

@@ -18,9 +18,12 @@ CAPTIONED_COLUMNS = ["caption", "image"]
 
 
 class CaptionedImages(TableExamples):
-    def __init__(self, cfg: DataConfig, tokenizer, seed: int = 0, perturber=None):
+    def __init__(self, cfg: DataConfig, tokenizer, seed: int = 0, perturber=None, negatives: bool = True):
+        """``negatives``: give each image a perturbed caption (TPO); SoftREPA pairs images with the other
+        captions of the batch instead, so it neither builds nor checks one."""
         table = self.open(cfg, CAPTIONED_COLUMNS)
         super().__init__(cfg, tokenizer, seed, table, np.arange(len(table)))
+        self.negatives = negatives
         self.given_negatives = "negative_caption" in table.column_names
         self.perturber = perturber or RulePerturber(tuple(cfg.perturb_axes))
 
@@ -41,9 +44,10 @@ class CaptionedImages(TableExamples):
         image = self.image(record, "image", where)
         pixels, meta = paired_transform([image], self.cfg.resolution, self.cfg.random_crop, self.cfg.random_flip,
                                         rng)
-        negative = self.negative(caption, record, rng, where)
-        return {"pixels": pixels[0], "image_meta": meta[0], "input_ids": self.tokenize(caption), "negative_ids": self.tokenize(negative),
-                "seed": seed}
+        example = {"pixels": pixels[0], "image_meta": meta[0], "input_ids": self.tokenize(caption), "seed": seed}
+        if self.negatives:
+            example["negative_ids"] = self.tokenize(self.negative(caption, record, rng, where))
+        return example
 
 
 def collate_caption_pairs(examples: list[dict]) -> dict:

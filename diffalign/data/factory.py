@@ -34,7 +34,7 @@ def build_training_data(cfg: DataConfig, pair_axis: str, tokenizer, seed: int, e
                                      trust_remote_code=trust_remote_code)
         dataset, collate = CaptionedImages(cfg, tokenizer, seed, perturber), collate_caption_pairs
     elif pair_axis == "batch":  # SoftREPA: captioned images, each against every caption of its batch
-        dataset, collate = CaptionedImages(cfg, tokenizer, seed), collate_all_combinations
+        dataset, collate = CaptionedImages(cfg, tokenizer, seed, negatives=False), collate_all_combinations
     elif pair_axis == "prompts":  # reward fine-tuning (LongAlign): prompts; the policy makes the images
         dataset, collate = TrainingPrompts(cfg, tokenizer, seed), collate_prompts
     else:
