@@ -48,7 +48,8 @@ class SoftREPA(Objective):
         """``timestep_buckets``: N > 0 adds a per-bucket embedding of the timestep to the tokens (the paper's
         option: 100); 0 = the same tokens at every t. ``token_init``: ``start_token`` (every token starts as the
         empty prompt's start-token state: in distribution, at the text states' scale), ``normal`` (N(0, 0.02²)),
-        or ``reference`` (the authors' code: start_token for SD1.x/2.x, normal for SDXL)."""
+        or ``reference`` (the authors' code: start_token for SD1.x/2.x, normal for SDXL). Tokens that start equal
+        get equal gradients (cross-attention treats its keys alike) and stay equal: in effect one token."""
         if int(num_tokens) < 1 or temperature <= 0 or int(timestep_buckets) < 0:
             raise ValueError(f"num_tokens must be >= 1, temperature > 0 and timestep_buckets >= 0; got {num_tokens}, "
                              f"{temperature}, {timestep_buckets}")
