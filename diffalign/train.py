@@ -337,7 +337,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             metrics.update(nonfinite_skipped=nonfinite_total, lr=lr_scheduler.get_last_lr()[0], epoch=epoch)
             history.append(metrics)
             if global_step % cfg.train.log_every == 0 or global_step == cfg.train.max_steps:
-                shown = {"loss": f"{metrics.get('loss', float('nan')):.4f}"}  # and the objective's own headline metric, if any
+                # the loss (absent when every micro-batch was skipped) and the objective's headline metric, if any
+                shown = {"loss": f"{metrics.get('loss', float('nan')):.4f}"}
                 for key in ("reward", "implicit_acc", "caption_accuracy"):
                     if key in metrics:
                         shown[key] = f"{metrics[key]:.3f}"
