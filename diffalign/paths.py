@@ -8,6 +8,15 @@ TOY_SD = ASSETS / "toy-sd"
 TOY_DATA = ASSETS / "toy-data"
 TOY_CLIP = ASSETS / "toy-clip"
 TOY_CLIP_LONG = ASSETS / "toy-clip-long"  # also trained on many-object scenes, sentence by sentence (LongAlign)
+# `diffalign toy pretrain` writes this file (its recipe) into the saved pipeline folder, so a toy base retrained
+# anywhere is known as one: the trainer then ends with the toy world's before/after comparison.
+TOY_MODEL_MARKER = "diffalign_toy_world.json"
+
+
+def is_toy_model(pretrained: str | Path) -> bool:
+    """True for a toy-world base: a folder with the pretrain marker, or the embedded ``assets/toy-sd``."""
+    path = Path(pretrained)
+    return (path / TOY_MODEL_MARKER).is_file() or path.resolve() == TOY_SD.resolve()
 
 
 def refuse_overwrite(path: Path, overwrite: bool) -> None:

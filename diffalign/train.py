@@ -40,7 +40,7 @@ from diffalign.models.soft_tokens import attach_soft_tokens, save_soft_tokens
 from diffalign.models.user_attention import attach_user_adapter, save_user_adapter
 from diffalign.models.user_encoders import build_user_encoder
 from diffalign.objectives import get_objective
-from diffalign.paths import REPO_ROOT, refuse_overwrite
+from diffalign.paths import REPO_ROOT, is_toy_model, refuse_overwrite
 from diffalign.update_metrics import UpdateMetrics, is_metric_value
 
 TOY_CONFIGS = REPO_ROOT / "configs" / "toy"
@@ -451,8 +451,7 @@ def open_encoding_cache(cfg: Config, dtype: torch.dtype, process_index: int = 0)
 
 
 def _is_toy(cfg: Config) -> bool:
-    return (Path(cfg.model.pretrained).resolve() == (REPO_ROOT / "assets" / "toy-sd").resolve()
-            or Path(cfg.model.pretrained).name == "toy-sd")
+    return is_toy_model(cfg.model.pretrained)
 
 
 def _validate(cfg: Config, parts, unet, out: Path, step: int) -> None:

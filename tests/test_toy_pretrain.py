@@ -1,11 +1,14 @@
 """The toy base's pretraining recipe: its Min-SNR weights, the zero-terminal-SNR option, and a run end to end."""
 
+import json
+import shutil
 from types import SimpleNamespace
 
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
+from diffalign.paths import TOY_MODEL_MARKER, TOY_SD, is_toy_model
 from diffalign.toy.model import make_scheduler
 from diffalign.toy.pretrain import PretrainConfig, denoising_loss, min_snr_weights, pretrain
 
@@ -69,3 +72,15 @@ def test_a_tiny_pretrain_saves_a_pipeline_that_samples(tmp_path, zero_terminal_s
     image = pipe("a red circle", num_inference_steps=2, output_type="np",
                  generator=torch.Generator().manual_seed(0)).images
     assert image.shape == (1, 32, 32, 3) and torch.isfinite(torch.from_numpy(image)).all()
+    # Known as a toy base wherever it was saved, with the recipe that made it.
+    assert is_toy_model(tmp_path)
+    assert json.loads((tmp_path / TOY_MODEL_MARKER).read_text())["recipe"]["zero_terminal_snr"] == zero_terminal_snr
+
+
+def test_only_marked_folders_and_the_embedded_base_are_toy_models(tmp_path):
+    assert is_toy_model(TOY_SD)
+    copy = tmp_path / "toy-sd"  # the name alone proves nothing
+    shutil.copytree(TOY_SD, copy, ignore=shutil.ignore_patterns(TOY_MODEL_MARKER))
+    assert not is_toy_model(copy)
+    (copy / TOY_MODEL_MARKER).write_text((TOY_SD / TOY_MODEL_MARKER).read_text())
+    assert is_toy_model(copy)

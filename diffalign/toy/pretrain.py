@@ -12,6 +12,8 @@ The latent scaling factor is measured (1 / std of the latents), as SD's 0.18215 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..core.errors import noisy_latents_and_target
 from ..models.tokenizer import build_clip_tokenizer
+from ..paths import TOY_MODEL_MARKER
 from .model import make_scheduler, make_text_encoder, make_unet, make_vae
 from .samples import captioned_renders, to_model_range
 
@@ -156,5 +159,7 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig | None = None) -> StableDi
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(out_dir, safe_serialization=True)
+    # Marks the folder as a toy-world base (paths.is_toy_model): training on it ends with the toy comparison.
+    (Path(out_dir) / TOY_MODEL_MARKER).write_text(json.dumps({"recipe": dataclasses.asdict(cfg)}, indent=2) + "\n")
     print(f"saved toy SD to {out_dir} after {(time.time() - start) / 60:.1f} min")
     return pipe
