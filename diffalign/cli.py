@@ -96,7 +96,7 @@ def _eval(args) -> None:
         output_dir=args.out, seeds_per_prompt=args.seeds_per_prompt, first_seed=args.first_seed,
         prompt_column=args.prompt_column, split=args.split, limit=args.limit,
         settings=SamplingSettings(args.steps, args.guidance, args.height, args.width, dtype, args.text_encoding,
-                                  args.max_text_length),
+                                  args.max_text_length, args.guidance_rescale),
         scorer_options=parse_scorer_options(args.scorer_option), device=device, batch_size=args.batch_size,
         cache=not args.no_cache)
     print(report.to_markdown())
@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="e.g. pickscore.model=/models/PickScore_v1 or hps.checkpoint=/ckpt/HPS_v2.1_compressed.pt")
     p.add_argument("--steps", type=int, default=25, help="sampling steps")
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+    p.add_argument("--guidance-rescale", type=float, default=0.0,
+                   help="diffusers' guidance_rescale in [0, 1]: 0.7 for zero-terminal-SNR / v-prediction models "
+                        "(Lin et al., 2024); 0 is plain CFG")
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=16, help="images sampled per pipeline call")

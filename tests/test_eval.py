@@ -154,3 +154,30 @@ def test_segment_encoding_conditions_the_evaluation_images(tmp_path):
     assert reports["clip"].settings != reports["segments"].settings
     grids = [np.asarray(Image.open(reports[e].files["grid"])) for e in ("clip", "segments")]
     assert grids[0].shape == grids[1].shape and np.abs(grids[0].astype(int) - grids[1].astype(int)).max() > 0
+
+
+def test_guidance_rescale_reaches_the_pipeline_and_keeps_plain_cfg_caches(tmp_path, capsys):
+    """--guidance-rescale samples what the diffusers pipeline samples with guidance_rescale; 0 (plain CFG) keeps
+    the cache key the settings had before the option existed, so cached evaluations stay valid."""
+    import hashlib
+    from dataclasses import asdict
+
+    prompts, seeds = cases(prompt_set("attributes")[:2], 1)
+    pipe = StableDiffusionPipeline.from_pretrained(TOY_SD)
+    rescaled = SamplingSettings(num_inference_steps=4, guidance_scale=9.0, guidance_rescale=0.7)
+    expected = generate(pipe, prompts, seeds, 4, 9.0, progress=False, guidance_rescale=0.7)
+    plain = generate(pipe, prompts, seeds, 4, 9.0, progress=False)
+    assert np.abs(expected.astype(int) - plain.astype(int)).max() > 0  # the option matters at these settings
+    from diffalign.evaluation.generation import images_for
+    from diffalign.evaluation.models import ModelSpec
+
+    spec = ModelSpec("base", str(TOY_SD))
+    images, _ = images_for(spec, prompts, seeds, rescaled, tmp_path, progress=False)
+    np.testing.assert_array_equal(images, expected)
+
+    before = {k: v for k, v in asdict(FAST).items() if k != "guidance_rescale"}
+    assert FAST.key() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
+    assert rescaled.key() != SamplingSettings(num_inference_steps=4, guidance_scale=9.0).key()
+
+    assert main(["eval", "--guidance-rescale", "1.5", "--out", str(tmp_path / "bad")]) == 2
+    assert "guidance_rescale must lie in [0, 1]" in capsys.readouterr().err

@@ -30,9 +30,27 @@ class SamplingSettings:
     dtype: str = "float32"
     text_encoding: str = "clip"  # "clip": the pipeline's own (77 tokens, the rest cut); "segments": LongAlign's
     max_text_length: int = 240  # segment encoding: rows of text states (start + content tokens, then filler)
+    # diffusers' guidance_rescale φ (Lin et al., 2024, eq. 15-16): pulls the guided prediction's std back toward the
+    # conditional one; 0.7 is the paper's value for zero-terminal-SNR / v-prediction models, 0 is plain CFG.
+    guidance_rescale: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.guidance_rescale <= 1.0:
+            raise ValueError(f"guidance_rescale must lie in [0, 1] (0: plain classifier-free guidance); "
+                             f"got {self.guidance_rescale}")
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        fields = asdict(self)
+        if not fields["guidance_rescale"]:
+            del fields["guidance_rescale"]  # plain CFG keeps the key it had before the option: caches stay valid
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+    def pipeline_kwargs(self) -> dict:
+        """The optional pipeline-call arguments these settings set (size, guidance_rescale)."""
+        kwargs = {k: v for k, v in (("height", self.height), ("width", self.width)) if v}
+        if self.guidance_rescale:
+            kwargs["guidance_rescale"] = self.guidance_rescale
+        return kwargs
 
 
 def case_key(prompt: str, seed: int) -> str:
@@ -54,14 +72,13 @@ def images_for(spec: ModelSpec, prompts: list[str], seeds: list[int], settings: 
         images[i] = np.asarray(Image.open(files[i]).convert("RGB"))
     if missing:
         pipe = load_pipeline(spec, device, getattr(torch, settings.dtype))
-        size = {k: v for k, v in (("height", settings.height), ("width", settings.width)) if v}
         if settings.text_encoding == "segments":
             from pipelines.long_prompt_sd import as_long_prompt_pipeline
 
             pipe = as_long_prompt_pipeline(pipe, settings.max_text_length)
         fresh = generate(pipe, [prompts[i] for i in missing], [seeds[i] for i in missing],
                          settings.num_inference_steps, settings.guidance_scale, batch_size=batch_size,
-                         progress=progress, **size)
+                         progress=progress, **settings.pipeline_kwargs())
         if folder:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "model.json").write_text(json.dumps({**asdict(spec), "settings": asdict(settings)}, indent=2))
