@@ -62,7 +62,7 @@ def _toy_captioned(args) -> None:
     from .toy.captioned import build_captioned
 
     refuse_overwrite(Path(args.out), args.overwrite)
-    print(f"written: {build_captioned(args.out, args.n, args.seed)}")
+    print(f"written: {build_captioned(args.out, args.n, args.seed, args.long)}")
 
 
 def _toy_measure(args) -> None:
@@ -185,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = toy_sub.add_parser("captioned", help="ground-truth renders with their captions (TPO training data)")
     p.add_argument("--out", default=str(TOY_DATA / "captioned.parquet"))
     p.add_argument("--n", type=int, default=3000, help="images")
+    p.add_argument("--long", action="store_true",
+                   help="5-6-object scenes with verbose captions (as toy:long) instead of single objects")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_toy_captioned)

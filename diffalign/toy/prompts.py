@@ -46,9 +46,15 @@ def _attribute_captions() -> list[str]:
     return out
 
 
+def long_scene(rng: np.random.Generator) -> tuple[SceneSpec, str]:
+    """A 5-6-object scene and its caption in the verbose style (the ``long`` set's kind)."""
+    spec = sample_spec(rng, n_objects=int(rng.integers(5, 7)))
+    return spec, write(spec, "long", rng)
+
+
 def _long_captions(n: int = 400, seed: int = 1234) -> list[str]:
     rng = np.random.default_rng(seed)
-    return [write(sample_spec(rng, n_objects=int(rng.integers(5, 7))), "long", rng) for _ in range(n)]
+    return [long_scene(rng)[1] for _ in range(n)]
 
 
 _SETS = {"persona": _persona_captions, "attributes": _attribute_captions, "long": _long_captions}
