@@ -31,14 +31,15 @@ ATTRIBUTES = ("colour", "shape", "size", "position", "background")
 
 
 def sweep(model: str, prompts: str, seeds: int, scales: list[float], reference: float, rescale: float,
-          out: Path) -> dict:
+          out: Path, steps: int = 25, limit: int | None = None) -> dict:
     if reference not in scales:
         raise ValueError(f"--reference {reference} must be one of the swept scales {scales}")
     scores = {}
     for scale in scales:
-        report = evaluate(model, prompts=prompts, scorers=["toy"], seeds_per_prompt=seeds,
+        report = evaluate(model, prompts=prompts, scorers=["toy"], seeds_per_prompt=seeds, limit=limit,
                           output_dir=out / f"cfg{scale:g}", progress=False,
-                          settings=SamplingSettings(guidance_scale=scale, guidance_rescale=rescale))
+                          settings=SamplingSettings(num_inference_steps=steps, guidance_scale=scale,
+                                                    guidance_rescale=rescale))
         scores[scale] = report.scores["base"]  # {"toy/fidelity": [N], "toy/colour": [N] with NaN = unstated, ...}
     cases = len(scores[reference]["toy/fidelity"])
     rows = []
@@ -53,7 +54,7 @@ def sweep(model: str, prompts: str, seeds: int, scales: list[float], reference: 
             "win_rate_vs_reference": asdict(win_rate(s["toy/fidelity"], scores[reference]["toy/fidelity"])),
         })
     return {"model": model, "prompts": prompts, "cases": cases, "reference": reference,
-            "guidance_rescale": rescale, "rows": rows}
+            "guidance_rescale": rescale, "steps": steps, "rows": rows}
 
 
 def to_markdown(result: dict) -> str:
@@ -79,11 +80,13 @@ def main() -> None:
     parser.add_argument("--guidance", default="1,3,5,9,15", help="comma-separated guidance scales")
     parser.add_argument("--reference", type=float, default=5.0, help="the scale the others are compared with")
     parser.add_argument("--guidance-rescale", type=float, default=0.0)
+    parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
     parser.add_argument("--out", default="outputs/guidance-sweep")
     args = parser.parse_args()
     out = Path(args.out)
     result = sweep(args.model, args.prompts, args.seeds, [float(g) for g in args.guidance.split(",")],
-                   args.reference, args.guidance_rescale, out)
+                   args.reference, args.guidance_rescale, out, args.steps, args.limit)
     out.mkdir(parents=True, exist_ok=True)
     (out / "guidance_sweep.json").write_text(json.dumps(result, indent=2))
     (out / "guidance_sweep.md").write_text(to_markdown(result) + "\n")
