@@ -2,12 +2,14 @@
 
     python benchmarks/guidance_sweep.py [--model assets/toy-sd] [--prompts toy:attributes] [--seeds 4]
                                         [--guidance 1,3,5,9,15] [--reference 5] [--guidance-rescale 0]
+                                        [--steps 25] [--limit N] [--device cpu] [--out outputs/guidance-sweep]
 
 Raising the guidance scale is the cheapest way to make a model follow its caption more closely. Methods that
 work by sharpening the caption's hold on the denoiser (TDPO/TKTO's caption pairs, SoftREPA's contrastive
 tokens) act much like it, so where fidelity is flat or falls with the scale they have little to gain on that
 base. For each scale: mean fidelity with its 95% CI, each stated attribute's rate, and the paired fidelity win
 rate (ties ½) against the reference scale, on the same prompts and seeds. JSON and a markdown table go to --out.
+CPU float32 by default, as the trainer's toy comparison samples, so the figures do not depend on the machine.
 """
 
 from __future__ import annotations
@@ -20,41 +22,39 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-
 from diffalign.evaluation.api import evaluate  # noqa: E402
 from diffalign.evaluation.generation import SamplingSettings  # noqa: E402
-from diffalign.paths import TOY_SD  # noqa: E402
-from diffalign.stats import mean_ci, win_rate  # noqa: E402
-
-ATTRIBUTES = ("colour", "shape", "size", "position", "background")
+from diffalign.paths import REPO_ROOT, TOY_SD  # noqa: E402
+from diffalign.stats import win_rate  # noqa: E402
+from diffalign.toy.judge import ATTRIBUTES  # noqa: E402
 
 
 def sweep(model: str, prompts: str, seeds: int, scales: list[float], reference: float, rescale: float,
-          out: Path, steps: int = 25, limit: int | None = None) -> dict:
+          out: Path, steps: int = 25, limit: int | None = None, device: str = "cpu") -> dict:
     if reference not in scales:
         raise ValueError(f"--reference {reference} must be one of the swept scales {scales}")
-    scores = {}
-    for scale in scales:
-        report = evaluate(model, prompts=prompts, scorers=["toy"], seeds_per_prompt=seeds, limit=limit,
-                          output_dir=out / f"cfg{scale:g}", progress=False,
-                          settings=SamplingSettings(num_inference_steps=steps, guidance_scale=scale,
-                                                    guidance_rescale=rescale))
-        scores[scale] = report.scores["base"]  # {"toy/fidelity": [N], "toy/colour": [N] with NaN = unstated, ...}
-    cases = len(scores[reference]["toy/fidelity"])
+    if len(set(scales)) != len(scales):
+        raise ValueError(f"each guidance scale once, please; got {scales}")
+    reports = {scale: evaluate(model, prompts=prompts, scorers=["toy"], seeds_per_prompt=seeds, limit=limit,
+                               output_dir=out / f"cfg{scale:g}", progress=False, device=device,
+                               settings=SamplingSettings(num_inference_steps=steps, guidance_scale=scale,
+                                                         guidance_rescale=rescale))
+               for scale in scales}
+    reference_fidelity = reports[reference].scores["base"]["toy/fidelity"]  # [N], the same cases for every scale
     rows = []
-    for scale in scales:
-        s = scores[scale]
+    for scale, report in reports.items():
+        summary = report.summary()["base"]  # means over the cases where a score is defined (the attribute stated)
         rows.append({
             "guidance": scale,
-            "fidelity": asdict(mean_ci(s["toy/fidelity"])),
-            # the mean over the cases that state the attribute (None: no prompt states it, e.g. size in toy:long)
-            "attributes": {a: float(np.nanmean(s[f"toy/{a}"])) if np.isfinite(s[f"toy/{a}"]).any() else None
-                           for a in ATTRIBUTES},
-            "win_rate_vs_reference": asdict(win_rate(s["toy/fidelity"], scores[reference]["toy/fidelity"])),
+            "fidelity": asdict(summary["toy/fidelity"]),
+            # None: no prompt states the attribute (size in toy:long)
+            "attributes": {a: summary[f"toy/{a}"].mean if f"toy/{a}" in summary else None for a in ATTRIBUTES},
+            "win_rate_vs_reference": asdict(win_rate(report.scores["base"]["toy/fidelity"], reference_fidelity)),
         })
-    return {"model": model, "prompts": prompts, "cases": cases, "reference": reference,
-            "guidance_rescale": rescale, "steps": steps, "rows": rows}
+    shown = Path(model).resolve()
+    shown = str(shown.relative_to(REPO_ROOT)) if shown.is_relative_to(REPO_ROOT) else model
+    return {"model": shown, "prompts": prompts, "cases": len(reference_fidelity), "reference": reference,
+            "guidance_rescale": rescale, "steps": steps, "device": device, "rows": rows}
 
 
 def to_markdown(result: dict) -> str:
@@ -82,11 +82,12 @@ def main() -> None:
     parser.add_argument("--guidance-rescale", type=float, default=0.0)
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="outputs/guidance-sweep")
     args = parser.parse_args()
     out = Path(args.out)
     result = sweep(args.model, args.prompts, args.seeds, [float(g) for g in args.guidance.split(",")],
-                   args.reference, args.guidance_rescale, out, args.steps, args.limit)
+                   args.reference, args.guidance_rescale, out, args.steps, args.limit, args.device)
     out.mkdir(parents=True, exist_ok=True)
     (out / "guidance_sweep.json").write_text(json.dumps(result, indent=2))
     (out / "guidance_sweep.md").write_text(to_markdown(result) + "\n")

@@ -61,8 +61,9 @@ def _toy_clip(args) -> None:
 def _toy_captioned(args) -> None:
     from .toy.captioned import build_captioned
 
-    refuse_overwrite(Path(args.out), args.overwrite)
-    print(f"written: {build_captioned(args.out, args.n, args.seed, args.long)}")
+    out = Path(args.out or TOY_DATA / ("captioned_long.parquet" if args.long else "captioned.parquet"))
+    refuse_overwrite(out, args.overwrite)
+    print(f"written: {build_captioned(out, args.n, args.seed, args.long)}")
 
 
 def _toy_measure(args) -> None:
@@ -95,8 +96,9 @@ def _eval(args) -> None:
         args.model, adapters=args.lora, prompts=args.prompts, scorers=args.scorers.split(","),
         output_dir=args.out, seeds_per_prompt=args.seeds_per_prompt, first_seed=args.first_seed,
         prompt_column=args.prompt_column, split=args.split, limit=args.limit,
-        settings=SamplingSettings(args.steps, args.guidance, args.height, args.width, dtype, args.text_encoding,
-                                  args.max_text_length, args.guidance_rescale),
+        settings=SamplingSettings(num_inference_steps=args.steps, guidance_scale=args.guidance, height=args.height,
+                                  width=args.width, dtype=dtype, text_encoding=args.text_encoding,
+                                  max_text_length=args.max_text_length, guidance_rescale=args.guidance_rescale),
         scorer_options=parse_scorer_options(args.scorer_option), device=device, batch_size=args.batch_size,
         cache=not args.no_cache)
     print(report.to_markdown())
@@ -183,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_toy_clip)
 
     p = toy_sub.add_parser("captioned", help="ground-truth renders with their captions (TPO training data)")
-    p.add_argument("--out", default=str(TOY_DATA / "captioned.parquet"))
+    p.add_argument("--out", default=None,
+                   help="default: assets/toy-data/captioned.parquet (with --long: captioned_long.parquet)")
     p.add_argument("--n", type=int, default=3000, help="images")
     p.add_argument("--long", action="store_true",
                    help="5-6-object scenes with verbose captions (as toy:long) instead of single objects")

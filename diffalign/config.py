@@ -96,6 +96,9 @@ class EvalConfig:
     seeds_per_prompt: int = 10  # held-out persona prompts x seeds = cases
     num_inference_steps: int = 25
     guidance_scale: float = 5.0
+    # diffusers' guidance_rescale for the comparison and validation grids (0.7 for zero-terminal-SNR / v-prediction
+    # bases such as `diffalign toy pretrain --zero-terminal-snr`); 0 is plain CFG
+    guidance_rescale: float = 0.0
     validation_prompts: list[str] = field(default_factory=list)  # grid prompts (toy: held-out ones if empty)
     user_scale: float | None = None  # ppd: the user term's scale when the comparison samples (null: as trained)
 
@@ -296,6 +299,8 @@ def validate(cfg: Config, given: dict | None = None, overridden: set[str] = froz
         raise ConfigError(f"data.perturb_axes: unknown {bad_axes} (or empty); expected some of {list(AXES)}")
     if cfg.eval.prompt_set not in ("persona", "attributes", "long"):
         raise ConfigError(f"eval.prompt_set: expected persona, attributes or long; got {cfg.eval.prompt_set!r}")
+    if not 0 <= cfg.eval.guidance_rescale <= 1:
+        raise ConfigError(f"eval.guidance_rescale must lie in [0, 1] (0: plain CFG); got {cfg.eval.guidance_rescale}")
     if cfg.eval.user_scale is not None and cfg.method != "ppd":
         raise ConfigError(f"eval.user_scale is the sampling scale of PPD's user term; method {cfg.method!r} has "
                           "no user term")

@@ -396,11 +396,11 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         else:
             final.save_pretrained(out / "unet", safe_serialization=True)
             summary["unet"] = str(out / "unet")
-        if cfg.eval.enabled and _is_toy(cfg) and user_adapter is not None:
+        if cfg.eval.enabled and is_toy_model(cfg.model.pretrained) and user_adapter is not None:
             from diffalign.toy.personalization import compare_personalized
 
             summary["comparison"] = compare_personalized(cfg, out)
-        elif cfg.eval.enabled and _is_toy(cfg):
+        elif cfg.eval.enabled and is_toy_model(cfg.model.pretrained):
             from diffalign.toy.compare import compare_before_after
 
             summary["comparison"] = compare_before_after(cfg, out)
@@ -450,23 +450,20 @@ def open_encoding_cache(cfg: Config, dtype: torch.dtype, process_index: int = 0)
     return EncodingCache(root / fingerprint, writer=f"rank{process_index}")
 
 
-def _is_toy(cfg: Config) -> bool:
-    return is_toy_model(cfg.model.pretrained)
-
-
 def _validate(cfg: Config, parts, unet, out: Path, step: int) -> None:
     from diffalign.objectives.longalign import segment_length_for_sampling
     from diffalign.validation import validation_grid
 
     prompts = cfg.eval.validation_prompts
-    if not prompts and _is_toy(cfg):
+    if not prompts and is_toy_model(cfg.model.pretrained):
         from diffalign.toy.prompts import prompt_set
 
         prompts = prompt_set("persona")[:4]
     if prompts:
         validation_grid(parts, unet, prompts, out / "validation" / f"step_{step:06d}.png", cfg.model.pretrained,
                         num_inference_steps=cfg.eval.num_inference_steps, guidance_scale=cfg.eval.guidance_scale,
-                        max_text_length=segment_length_for_sampling(cfg.objective))  # as it trained
+                        max_text_length=segment_length_for_sampling(cfg.objective),  # as it trained
+                        guidance_rescale=cfg.eval.guidance_rescale)
 
 
 def _mean_tail(history: list[dict], n: int = 20) -> dict:

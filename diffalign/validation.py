@@ -28,7 +28,7 @@ def sampling_pipeline(parts, unet, scheduler):
 @torch.no_grad()
 def validation_grid(parts, unet, prompts: list[str], out_path: Path, pretrained: str, seeds=(0, 1, 2, 3),
                     num_inference_steps: int = 25, guidance_scale: float = 5.0,
-                    max_text_length: int | None = None) -> Path:
+                    max_text_length: int | None = None, guidance_rescale: float = 0.0) -> Path:
     """One row per prompt, one column per seed, from the in-training UNet (adapters on). ``max_text_length``:
     encode the prompts by segments (LongAlign trained with ``text_encoding: segments``), else the 77-token window."""
     pipe = sampling_pipeline(parts, unet, DDIMScheduler.from_pretrained(pretrained, subfolder="scheduler"))
@@ -43,7 +43,9 @@ def validation_grid(parts, unet, prompts: list[str], out_path: Path, pretrained:
     cases_seeds = [s for _ in prompts for s in seeds]
     # Autocast keeps a float32 UNet output from meeting an fp16 VAE (as diffusers' scripts do).
     with torch.autocast(device_type, enabled=parts.vae.dtype != torch.float32, dtype=parts.vae.dtype):
-        images = generate(pipe, cases_prompts, cases_seeds, num_inference_steps, guidance_scale, progress=False)
+        rescale = {"guidance_rescale": guidance_rescale} if guidance_rescale else {}
+        images = generate(pipe, cases_prompts, cases_seeds, num_inference_steps, guidance_scale, progress=False,
+                          **rescale)
     rows = [images[i * len(seeds):(i + 1) * len(seeds)] for i in range(len(prompts))]
     unet.train(was_training)
     return save_grid(rows, prompts, out_path)

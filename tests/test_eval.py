@@ -159,9 +159,6 @@ def test_segment_encoding_conditions_the_evaluation_images(tmp_path):
 def test_guidance_rescale_reaches_the_pipeline_and_keeps_plain_cfg_caches(tmp_path, capsys):
     """--guidance-rescale samples what the diffusers pipeline samples with guidance_rescale; 0 (plain CFG) keeps
     the cache key the settings had before the option existed, so cached evaluations stay valid."""
-    import hashlib
-    from dataclasses import asdict
-
     prompts, seeds = cases(prompt_set("attributes")[:2], 1)
     pipe = StableDiffusionPipeline.from_pretrained(TOY_SD)
     rescaled = SamplingSettings(num_inference_steps=4, guidance_scale=9.0, guidance_rescale=0.7)
@@ -175,9 +172,38 @@ def test_guidance_rescale_reaches_the_pipeline_and_keeps_plain_cfg_caches(tmp_pa
     images, _ = images_for(spec, prompts, seeds, rescaled, tmp_path, progress=False)
     np.testing.assert_array_equal(images, expected)
 
-    before = {k: v for k, v in asdict(FAST).items() if k != "guidance_rescale"}
-    assert FAST.key() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
+    assert SamplingSettings().key() == "6e7d2deb261a"  # the default settings' key before the option existed
     assert rescaled.key() != SamplingSettings(num_inference_steps=4, guidance_scale=9.0).key()
+    # no CFG at scale 1, so nothing to rescale: the images, and the cache, are plain CFG's
+    assert SamplingSettings(guidance_scale=1.0, guidance_rescale=0.7).key() == SamplingSettings(guidance_scale=1.0).key()
 
     assert main(["eval", "--guidance-rescale", "1.5", "--out", str(tmp_path / "bad")]) == 2
     assert "guidance_rescale must lie in [0, 1]" in capsys.readouterr().err
+
+
+def test_eval_guidance_rescale_reaches_the_comparison_and_the_validation_grid(tmp_path):
+    """eval.guidance_rescale: the trainer's end-of-run comparison and its validation grids sample with it."""
+    from PIL import Image
+
+    from diffalign.config import ConfigError, load_config
+    from diffalign.models.loading import load_sd_components
+    from diffalign.paths import REPO_ROOT
+    from diffalign.toy.compare import comparison_settings
+    from diffalign.validation import validation_grid
+
+    cfg = load_config(REPO_ROOT / "configs/toy/dpo.yaml", [("eval.guidance_rescale", "0.7")])
+    assert comparison_settings(cfg).guidance_rescale == 0.7
+    plain = comparison_settings(load_config(REPO_ROOT / "configs/toy/dpo.yaml"))
+    assert plain == SamplingSettings()  # the settings every comparison so far sampled with
+    segments = comparison_settings(load_config(REPO_ROOT / "configs/toy/longalign.yaml", [
+        ("objective.text_encoding", "segments"), ("eval.guidance_rescale", "0.5")]))
+    assert segments.text_encoding == "segments" and segments.guidance_rescale == 0.5
+    with pytest.raises(ConfigError, match=r"eval.guidance_rescale must lie in \[0, 1\]"):
+        load_config(REPO_ROOT / "configs/toy/dpo.yaml", [("eval.guidance_rescale", "1.5")])
+
+    parts = load_sd_components(str(TOY_SD))
+    grids = [np.asarray(Image.open(validation_grid(parts, parts.unet, prompt_set("persona")[:2], tmp_path / f"{r}.png",
+                                                   str(TOY_SD), seeds=(0,), num_inference_steps=3,
+                                                   guidance_scale=9.0, guidance_rescale=r)))
+             for r in (0.0, 0.7)]
+    assert grids[0].shape == grids[1].shape and np.abs(grids[0].astype(int) - grids[1].astype(int)).max() > 0

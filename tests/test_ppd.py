@@ -481,6 +481,11 @@ def test_the_toy_personalisation_measurement_is_consistent(tmp_path):
                                     num_inference_steps=2, mix=None, split="train")
     assert plain["personas"]["bold"]["score_personalized"] != t["personas"]["bold"]["score_personalized"]  # reached
     assert plain["personas"]["bold"]["score_base"] == t["personas"]["bold"]["score_base"]  # the same cases
+    rescaled = measure_personalization(str(TOY_SD), tmp_path / "ppd", personas=("bold",), seeds_per_prompt=1,
+                                       num_inference_steps=2, mix=None, split="train", guidance_rescale=0.7)
+    assert rescaled["guidance_rescale"] == 0.7  # and every model sampled with it:
+    assert rescaled["personas"]["bold"]["score_base"] != plain["personas"]["bold"]["score_base"]
+    assert rescaled["personas"]["bold"]["score_personalized"] != plain["personas"]["bold"]["score_personalized"]
 
 
 def test_the_trainers_comparison_samples_at_eval_user_scale(tmp_path):

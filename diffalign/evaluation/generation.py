@@ -41,8 +41,10 @@ class SamplingSettings:
 
     def key(self) -> str:
         fields = asdict(self)
-        if not fields["guidance_rescale"]:
-            del fields["guidance_rescale"]  # plain CFG keeps the key it had before the option: caches stay valid
+        # Plain CFG keeps the key it had before the option, so caches stay valid; at guidance_scale <= 1 diffusers
+        # runs no CFG and the rescale changes nothing, so it shares plain CFG's images.
+        if not fields["guidance_rescale"] or self.guidance_scale <= 1:
+            del fields["guidance_rescale"]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
     def pipeline_kwargs(self) -> dict:

@@ -15,17 +15,22 @@ from ..evaluation import SamplingSettings, evaluate
 from ..objectives.longalign import segment_length_for_sampling
 
 
+def comparison_settings(cfg) -> SamplingSettings:
+    """How the comparison samples both models: ``cfg.eval``'s steps and guidance. A LoRA trained on segment-encoded
+    prompts (LongAlign, text_encoding: segments) is sampled the way it trained; the base then gets the same
+    encoding, so the comparison measures the LoRA and nothing else."""
+    e = cfg.eval
+    segment_length = segment_length_for_sampling(cfg.objective)
+    segments = {} if segment_length is None else {"text_encoding": "segments", "max_text_length": segment_length}
+    return SamplingSettings(num_inference_steps=e.num_inference_steps, guidance_scale=e.guidance_scale,
+                            guidance_rescale=e.guidance_rescale, **segments)
+
+
 def compare_before_after(cfg, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     e = cfg.eval
-    # A LoRA trained on segment-encoded prompts (LongAlign, text_encoding: segments) is sampled the way it trained;
-    # the base then gets the same encoding, so the comparison measures the LoRA and nothing else.
-    segment_length = segment_length_for_sampling(cfg.objective)
-    segments = segment_length is not None
-    settings = SamplingSettings(e.num_inference_steps, e.guidance_scale)
-    if segments:
-        settings = SamplingSettings(e.num_inference_steps, e.guidance_scale, text_encoding="segments",
-                                    max_text_length=segment_length)
+    settings = comparison_settings(cfg)
+    segments = settings.text_encoding == "segments"
     report = evaluate(cfg.model.pretrained, adapters=[f"{cfg.method}={out_dir}"], prompts=f"toy:{e.prompt_set}",
                       scorers=["toy"], output_dir=out_dir / "comparison", seeds_per_prompt=e.seeds_per_prompt,
                       settings=settings,

@@ -134,9 +134,12 @@ def _cell(c: Component) -> tuple[int, int]:
     return min(int(c.x * 3), 2), min(int(c.y * 3), 2)
 
 
+ATTRIBUTES = ("colour", "shape", "size", "position", "background")  # what a caption can state and the judge checks
+
+
 def attribute_checks(spec: SceneSpec, reading: Reading) -> dict[str, list[bool]]:
     """For each attribute kind, the outcome of every stated instance of it (empty list = never stated)."""
-    checks: dict[str, list[bool]] = {k: [] for k in ("colour", "shape", "size", "position", "background")}
+    checks: dict[str, list[bool]] = {k: [] for k in ATTRIBUTES}
     if spec.background:
         checks["background"].append(reading.background == spec.background)
     for obj in spec.objects:

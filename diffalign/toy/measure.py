@@ -13,7 +13,7 @@ import numpy as np
 import dataclasses
 
 from .captions import parse
-from .judge import attribute_checks, read_image
+from .judge import ATTRIBUTES, attribute_checks, read_image
 from .prompts import prompt_set
 from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, cases, generate
 from .scoring import attribute_rates, judge
@@ -94,7 +94,7 @@ def to_markdown(result: dict) -> str:
         "| stated attribute | followed | chance (captions permuted across cases) |",
         "|---|---|---|",
     ]
-    for kind in ("colour", "shape", "size", "position", "background"):
+    for kind in ATTRIBUTES:
         lines.append(f"| {kind} | {a[kind]:.1%} | {chance[kind]:.1%} |")
     lines += [
         f"| all (mean fidelity) | {result['fidelity']:.1%} | |",

@@ -64,7 +64,8 @@ def measure_personalization(base: str, ppd_dir: str | Path, pooled_dir: str | Pa
                             personas: tuple[str, ...] = (*TRAINED_PERSONAS, UNSEEN_PERSONA), k: int = 4,
                             seeds_per_prompt: int = 10, num_inference_steps: int = 25, guidance_scale: float = 5.0,
                             mix: tuple[str, str] | None = ("bold", "subtle"), out_dir: str | Path | None = None,
-                            user_scale: float | None = None, split: str = "heldout") -> dict:
+                            user_scale: float | None = None, split: str = "heldout",
+                            guidance_rescale: float = 0.0) -> dict:
     """Win rates (persona score, paired by case) of the personalised model over the base and the pooled model.
 
     ``user_scale``: the user term's scale at sampling (None: as trained). ``split``: the persona prompts' side,
@@ -76,6 +77,8 @@ def measure_personalization(base: str, ppd_dir: str | Path, pooled_dir: str | Pa
 
     prompts, seeds = cases(prompt_set("persona", split), seeds_per_prompt)
     settings = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, progress=False)
+    if guidance_rescale:
+        settings["guidance_rescale"] = guidance_rescale
     base_images = generate(load_pipeline(ModelSpec("base", base)), prompts, seeds, **settings)
     pooled_images = None
     if pooled_dir is not None:  # loaded the way `diffalign eval` loads an adapter
@@ -85,6 +88,7 @@ def measure_personalization(base: str, ppd_dir: str | Path, pooled_dir: str | Pa
     ppd.load_user_adapter(str(ppd_dir))
     embeddings = {p: ppd.user_embedding(persona_examples(p, k)) for p in set(personas) | set(mix or ())}
     result = {"cases": len(prompts), "examples_per_user": k, "user_scale": user_scale, "prompt_split": split,
+              "guidance_scale": guidance_scale, "guidance_rescale": guidance_rescale,
               "personas": {}, "interpolation": {}, "interpolation_monotonic": None}
     settings_ppd = dict(settings, user_scale=user_scale)
     grid_rows, grid_titles = [base_images[::seeds_per_prompt][:8]], ["base"]
@@ -131,7 +135,7 @@ def compare_personalized(cfg, out_dir: str | Path) -> dict:
     return measure_personalization(cfg.model.pretrained, out_dir, k=4,
                                    seeds_per_prompt=e.seeds_per_prompt, num_inference_steps=e.num_inference_steps,
                                    guidance_scale=e.guidance_scale, out_dir=Path(out_dir) / "comparison",
-                                   user_scale=e.user_scale)
+                                   user_scale=e.user_scale, guidance_rescale=e.guidance_rescale)
 
 
 def _as_dict(wr) -> dict:
