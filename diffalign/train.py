@@ -185,8 +185,6 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     reference = soft_tokens = user_adapter = text_lora = None
     trains = getattr(objective, "trains", "unet")  # what the objective trains: the UNet, or SoftREPA's tokens
     if trains == "soft_tokens":
-        if accelerator.num_processes > 1:
-            raise ConfigError(f"{cfg.method} trains soft tokens outside the UNet: one process only for now")
         blocks = ("down", "mid") if parts.kind == "sdxl" else ("down",)  # SoftREPA: SD down; SDXL down + mid
         init = start_token_state(parts) if objective.starts_from_start_token(parts.kind) else None
         soft_tokens = attach_soft_tokens(unet, objective.num_tokens, blocks, init=init,
@@ -251,7 +249,9 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     else:  # a frozen UNet (PPD's adapter alone): device and mixed precision, no DDP (which refuses it)
         unet = accelerator.prepare_model(unet, evaluation_mode=True)
         optimizer, loader, lr_scheduler = accelerator.prepare(optimizer, loader, lr_scheduler)
-    outside_ddp = [m for m in (user_adapter, text_lora) if m is not None]  # trained, but not in the UNet's DDP
+    # Trained, but not in the UNet's DDP. SoftREPA's tokens: each rank contrasts its own micro-batch (its B images x
+    # B captions at its own t), and the ranks average the tokens' gradients, as the authors' DDP script does.
+    outside_ddp = [m for m in (soft_tokens, user_adapter, text_lora) if m is not None]
     for module in outside_ddp:  # nothing else makes every rank start from rank 0's weights
         broadcast_parameters(accelerator, module.parameters())
     if cfg.lora.enabled and trains != "soft_tokens":

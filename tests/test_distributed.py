@@ -96,3 +96,22 @@ def test_two_ranks_train_the_same_ppd_user_adapter_as_one_process(tmp_path):
     for key in one:
         assert (two[key] - one[key]).abs().max() < 5e-4, key
         assert ((two[key] - one[key]).abs() > 1e-5).float().mean() < 0.01, key
+
+
+def test_two_ranks_train_the_same_soft_tokens_as_one_process_accumulating_their_micro_batches(tmp_path):
+    """SoftREPA's tokens live outside DDP. Each rank contrasts its own micro-batch (its images x its captions, at
+    its own shared t and noise), as the authors' DDP script; their gradients are averaged. That is one process
+    accumulating the same micro-batches (accelerate gives rank r the sampler's batches r, r + 2, ...)."""
+    args = [*ARGS, "--objective.token_init", "normal"]  # distinct tokens, so every row of the result is informative
+    _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "diffalign.train",
+          "--method", "softrepa", "--train.batch_size", "2", *args], tmp_path / "two")
+    _run([sys.executable, "-m", "diffalign.train", "--method", "softrepa", "--train.batch_size", "2",
+          "--train.grad_accum", "2", *args], tmp_path / "one")
+    one, two = (load_file(tmp_path / run / "soft_tokens.safetensors") for run in ("one", "two"))
+    assert one.keys() == two.keys()
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
+    logged = {run: json.loads((tmp_path / run / "summary.json").read_text())["final_metrics"] for run in ("one", "two")}
+    assert logged["two"]["loss"] == pytest.approx(logged["one"]["loss"], rel=1e-3)
+    assert logged["one"]["grad_norm"] > 0  # the tokens did get a gradient
