@@ -14,9 +14,8 @@ TOY_MODEL_MARKER = "diffalign_toy_world.json"
 
 
 def is_toy_model(pretrained: str | Path) -> bool:
-    """True for a toy-world base: a folder with the pretrain marker, or the embedded ``assets/toy-sd``."""
-    path = Path(pretrained)
-    return (path / TOY_MODEL_MARKER).is_file() or path.resolve() == TOY_SD.resolve()
+    """True for a toy-world base: a folder with the pretrain marker (the embedded ``assets/toy-sd`` has one)."""
+    return (Path(pretrained) / TOY_MODEL_MARKER).is_file()
 
 
 def refuse_overwrite(path: Path, overwrite: bool) -> None:

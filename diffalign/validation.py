@@ -43,9 +43,8 @@ def validation_grid(parts, unet, prompts: list[str], out_path: Path, pretrained:
     cases_seeds = [s for _ in prompts for s in seeds]
     # Autocast keeps a float32 UNet output from meeting an fp16 VAE (as diffusers' scripts do).
     with torch.autocast(device_type, enabled=parts.vae.dtype != torch.float32, dtype=parts.vae.dtype):
-        rescale = {"guidance_rescale": guidance_rescale} if guidance_rescale else {}
         images = generate(pipe, cases_prompts, cases_seeds, num_inference_steps, guidance_scale, progress=False,
-                          **rescale)
+                          guidance_rescale=guidance_rescale)
     rows = [images[i * len(seeds):(i + 1) * len(seeds)] for i in range(len(prompts))]
     unet.train(was_training)
     return save_grid(rows, prompts, out_path)

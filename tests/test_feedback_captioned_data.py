@@ -150,3 +150,18 @@ def test_long_captioned_rows_are_training_side_many_object_scenes_the_judge_read
                 for r in rows]
     assert np.mean(fidelity) > 0.9  # the render shows what its caption says (the judge errs on a few small shapes)
     assert all(len(parse(r["caption"]).objects) == 1 for r in captioned_rows(5, seed=3))  # the default: single
+
+
+def test_cli_toy_captioned_long_writes_its_own_default_file(tmp_path, monkeypatch):
+    """`diffalign toy captioned --long` never lands on the shipped single-object file by default."""
+    import diffalign.cli as cli
+    from datasets import load_dataset
+
+    from diffalign.toy.captions import parse
+
+    monkeypatch.setattr(cli, "TOY_DATA", tmp_path)  # stands in for assets/toy-data
+    assert cli.main(["toy", "captioned", "--long", "--n", "2"]) == 0
+    assert not (tmp_path / "captioned.parquet").exists()
+    rows = load_dataset("parquet", data_files=str(tmp_path / "captioned_long.parquet"), split="train")
+    assert len(rows) == 2 and all(len(parse(c).objects) >= 5 for c in rows["caption"])
+    assert cli.main(["toy", "captioned", "--long", "--n", "2"]) == 2  # an existing file is not replaced silently

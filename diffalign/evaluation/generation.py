@@ -47,12 +47,6 @@ class SamplingSettings:
             del fields["guidance_rescale"]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
-    def pipeline_kwargs(self) -> dict:
-        """The optional pipeline-call arguments these settings set (size, guidance_rescale)."""
-        kwargs = {k: v for k, v in (("height", self.height), ("width", self.width)) if v}
-        if self.guidance_rescale:
-            kwargs["guidance_rescale"] = self.guidance_rescale
-        return kwargs
 
 
 def case_key(prompt: str, seed: int) -> str:
@@ -74,13 +68,14 @@ def images_for(spec: ModelSpec, prompts: list[str], seeds: list[int], settings: 
         images[i] = np.asarray(Image.open(files[i]).convert("RGB"))
     if missing:
         pipe = load_pipeline(spec, device, getattr(torch, settings.dtype))
+        size = {k: v for k, v in (("height", settings.height), ("width", settings.width)) if v}
         if settings.text_encoding == "segments":
             from pipelines.long_prompt_sd import as_long_prompt_pipeline
 
             pipe = as_long_prompt_pipeline(pipe, settings.max_text_length)
         fresh = generate(pipe, [prompts[i] for i in missing], [seeds[i] for i in missing],
                          settings.num_inference_steps, settings.guidance_scale, batch_size=batch_size,
-                         progress=progress, **settings.pipeline_kwargs())
+                         progress=progress, guidance_rescale=settings.guidance_rescale, **size)
         if folder:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "model.json").write_text(json.dumps({**asdict(spec), "settings": asdict(settings)}, indent=2))

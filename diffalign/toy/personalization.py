@@ -76,9 +76,8 @@ def measure_personalization(base: str, ppd_dir: str | Path, pooled_dir: str | Pa
     from ..evaluation.models import ModelSpec, load_pipeline
 
     prompts, seeds = cases(prompt_set("persona", split), seeds_per_prompt)
-    settings = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, progress=False)
-    if guidance_rescale:
-        settings["guidance_rescale"] = guidance_rescale
+    settings = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, progress=False,
+                    guidance_rescale=guidance_rescale)
     base_images = generate(load_pipeline(ModelSpec("base", base)), prompts, seeds, **settings)
     pooled_images = None
     if pooled_dir is not None:  # loaded the way `diffalign eval` loads an adapter

@@ -23,11 +23,15 @@ def generate(
     guidance_scale: float = DEFAULT_GUIDANCE,
     batch_size: int = 64,
     progress: bool = True,
+    guidance_rescale: float = 0.0,
     **pipe_kwargs,
 ) -> np.ndarray:
-    """uint8 images [N, H, W, 3] for the N cases (prompts[i], seeds[i])."""
+    """uint8 images [N, H, W, 3] for the N cases (prompts[i], seeds[i]). ``guidance_rescale``: diffusers' option
+    (0 = plain CFG; only then left out of the call, so pipelines without the option still work)."""
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; pass one seed per prompt")
+    if guidance_rescale:
+        pipe_kwargs["guidance_rescale"] = guidance_rescale
     pipe.set_progress_bar_config(disable=True)
     out = []
     starts = range(0, len(prompts), batch_size)
