@@ -8,6 +8,7 @@ evaluation prompt is ever trained on.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +22,29 @@ from .world import realise, sample_spec
 STATED = 0.7
 
 
-def captioned_rows(n: int, seed: int = 0, long: bool = False) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    rows = []
-    while len(rows) < n:
+def training_side_scenes(rng: np.random.Generator, long: bool = False, stated: dict[str, float] | None = None):
+    """Endless (spec, caption) of training-side scenes; held-out captions are rejected. ``stated``: the odds that
+    a single object's caption states size / position / background (default ``STATED`` each)."""
+    odds = {"size": STATED, "position": STATED, "background": STATED, **(stated or {})}
+    unknown = set(odds) - {"size", "position", "background"}
+    if unknown:
+        raise ValueError(f"stated odds only for size, position, background; got {sorted(unknown)}")
+    while True:
         if long:
             spec, caption = long_scene(rng)
         else:
-            spec = sample_spec(rng, p_size=STATED, p_position=STATED, p_background=STATED)
+            spec = sample_spec(rng, p_size=odds["size"], p_position=odds["position"], p_background=odds["background"])
             caption = write(spec)
-        if is_heldout(caption):
-            continue
-        rows.append({"caption": caption, "image": png_bytes(render(realise(spec, rng)))})
-    return rows
+        if not is_heldout(caption):
+            yield spec, caption
+
+
+def captioned_rows(n: int, seed: int = 0, long: bool = False) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    scenes = training_side_scenes(rng, long)
+    # Each render draws from rng before the next scene does (a generator runs lazily), as the shipped data were made.
+    return [{"caption": caption, "image": png_bytes(render(realise(spec, rng)))}
+            for spec, caption in itertools.islice(scenes, n)]
 
 
 def build_captioned(out: str | Path, n: int = 3000, seed: int = 0, long: bool = False) -> Path:
