@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffusers import StableDiffusionPipeline  # noqa: E402
 
 from diffalign.core.errors import noisy_latents_and_target, per_sample_errors  # noqa: E402
-from diffalign.paths import TOY_SD  # noqa: E402
+from diffalign.paths import REPO_ROOT, TOY_SD  # noqa: E402
 from diffalign.toy.captioned import training_side_scenes  # noqa: E402
 from diffalign.toy.judge import ATTRIBUTES  # noqa: E402
 from diffalign.toy.measure import measure  # noqa: E402
@@ -113,7 +113,9 @@ def run(model: str, always: str, steps: int, lr: float, batch: int, t_range: tup
     losses = fine_tune(pipe, always, steps, lr, batch, t_range, weighting)
     train_seconds = time.time() - start
     after = measure(pipe, seeds, num_inference_steps=measure_steps)
-    return {"model": model, "always_stated": always, "steps": steps, "lr": lr, "batch": batch,
+    shown = Path(model).resolve()
+    shown = str(shown.relative_to(REPO_ROOT)) if shown.is_relative_to(REPO_ROOT) else model
+    return {"model": shown, "always_stated": always, "steps": steps, "lr": lr, "batch": batch,
             "timestep_range": list(t_range), "weighting": weighting, "train_seconds": round(train_seconds, 1),
             "loss_first_last_20": [float(np.mean(losses[:20])), float(np.mean(losses[-20:]))],
             "before": before, "after": after}

@@ -78,4 +78,5 @@ def test_run_measures_the_base_before_and_the_fine_tuned_model_after():
     assert before["cases"] == after["cases"] == 65 and before["settings"]["num_inference_steps"] == 2
     assert before["attributes"] != after["attributes"] or before["unstated"] != after["unstated"]  # it did train
     table = to_markdown(result)
+    assert result["model"] == "assets/toy-sd"
     assert "| before |" in table and "| after |" in table and "always state background" in table
