@@ -69,7 +69,9 @@ def _toy_captioned(args) -> None:
 def _toy_measure(args) -> None:
     from .toy.measure import measure, to_markdown, write_report
 
-    result = measure(_load_toy_pipeline(args.model), seeds_per_prompt=args.seeds)
+    chosen = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
+    result = measure(_load_toy_pipeline(args.model), seeds_per_prompt=args.seeds,
+                     **{k: v for k, v in chosen.items() if v is not None})  # unset: the toy comparison's settings
     path = write_report(result, args.out)
     print(to_markdown(result))
     print(f"\nwritten: {path} and {path.with_suffix('.json')}")
@@ -198,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=str(TOY_SD))
     p.add_argument("--out", default="outputs/toy-measure")
     p.add_argument("--seeds", type=int, default=4, help="seeds per held-out prompt")
+    p.add_argument("--steps", type=int, help="DDIM steps (default: the toy comparison's, 25)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the toy comparison's, 5)")
     p.set_defaults(func=_toy_measure)
 
     p = toy_sub.add_parser("demo", help="sample a few held-out prompts, judge them, write a grid and scores")

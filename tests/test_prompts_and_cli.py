@@ -50,3 +50,15 @@ def test_cli_train_passes_its_arguments_to_the_trainer():
     out = subprocess.run([sys.executable, "-m", "diffalign.cli", "train", "--method", "nope"], capture_output=True,
                          text=True)
     assert out.returncode == 2 and "no embedded default for method 'nope'" in out.stderr
+
+
+def test_cli_toy_measure_samples_with_the_chosen_steps_and_guidance(tmp_path):
+    import json
+
+    import diffalign.cli as cli
+
+    assert cli.main(["toy", "measure", "--seeds", "1", "--steps", "2", "--guidance", "1.5",
+                     "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "measure.json").read_text())
+    assert result["settings"] == {"num_inference_steps": 2, "guidance_scale": 1.5, "seeds_per_prompt": 1}
+    assert result["cases"] == 65
