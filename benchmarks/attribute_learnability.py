@@ -2,18 +2,21 @@
 
     python benchmarks/attribute_learnability.py [--model assets/toy-sd] [--always position] [--steps 600]
                                                 [--lr 2e-4] [--batch 64] [--timestep-range 0 1000]
-                                                [--weighting min-snr] [--seeds 4] [--measure-steps 25]
-                                                [--out outputs/attribute-learnability]
+                                                [--weighting min-snr] [--seed 0] [--seeds 4]
+                                                [--measure-steps 25] [--out outputs/attribute-learnability]
 
-The strongest signal a caption attribute can get: ground-truth renders whose captions always state it, and the
-plain denoising loss on the whole UNet and text encoder (no LoRA, no preference, no reference). If this leaves
-the attribute at chance, a caption-pair method (TDPO/TKTO, SoftREPA) on a LoRA has nothing to grow it from.
-Before and after, the base is measured as `diffalign toy measure` does (held-out `attributes` prompts; CFG 5).
+A strong, direct signal for one caption attribute: ground-truth renders whose captions always state it, and the
+plain denoising loss on the whole UNet and text encoder (no LoRA, no preference, no reference), with the
+pretraining's 10% empty captions so classifier-free guidance keeps its unconditional branch. Caption-pair methods
+on a LoRA (TDPO/TKTO, SoftREPA) get a weaker signal for the same attribute, so where this leaves it at chance
+they have little to build on (an inference, not a measurement of them). Before and after, the model is measured
+as `diffalign toy measure` does (held-out `attributes` prompts, CFG 5); the chance row is the base's.
 
-``--weighting``: ``min-snr`` is the toy pretraining's loss (Min-SNR-5, which weights the x0 error by
-min(SNR_t, 5): the high-noise steps, where the layout is decided, count little); ``x0`` weights every sample by
-the factor that turns its error into the x0 error (1/SNR_t for epsilon prediction), normalised to mean 1 over
-``--timestep-range``, so the high-noise steps count fully. JSON and a markdown table go to --out.
+``--weighting``: ``min-snr`` is the toy pretraining's loss (Min-SNR-5: the x0 error weighted by min(SNR_t, 5),
+so a noisy step with SNR 0.02 counts 0.02); ``x0`` weights each sample by the factor that turns its error into
+the x0 error (1/SNR_t for epsilon prediction), normalised to mean 1 over ``--timestep-range`` [lo, hi). That
+factor grows fast with t (on SD's schedule, over [600, 1000) about two thirds of the weight sits at t >= 900),
+so the noisiest steps dominate. JSON and a markdown table go to --out.
 """
 
 from __future__ import annotations
@@ -33,16 +36,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffusers import StableDiffusionPipeline  # noqa: E402
 
 from diffalign.core.errors import noisy_latents_and_target, per_sample_errors  # noqa: E402
-from diffalign.paths import REPO_ROOT, TOY_SD  # noqa: E402
-from diffalign.toy.captioned import training_side_scenes  # noqa: E402
+from diffalign.paths import TOY_SD, as_recorded  # noqa: E402
+from diffalign.toy.captioned import STATED, training_side_scenes  # noqa: E402
 from diffalign.toy.judge import ATTRIBUTES  # noqa: E402
 from diffalign.toy.measure import measure  # noqa: E402
-from diffalign.toy.pretrain import min_snr_weights  # noqa: E402
+from diffalign.toy.pretrain import PretrainConfig, min_snr_weights  # noqa: E402
 from diffalign.toy.render import render  # noqa: E402
 from diffalign.toy.samples import to_model_range  # noqa: E402
 from diffalign.toy.world import realise  # noqa: E402
 
 WEIGHTINGS = ("min-snr", "x0")
+PRETRAINING = PretrainConfig()  # the Min-SNR gamma and the empty-caption rate of the toy pretraining
 
 
 def x0_error_weights(scheduler, t: torch.Tensor, t_range: tuple[int, int]) -> torch.Tensor:
@@ -54,25 +58,30 @@ def x0_error_weights(scheduler, t: torch.Tensor, t_range: tuple[int, int]) -> to
     abar = scheduler.alphas_cumprod.float()
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
+        if (abar[t_range[0]:t_range[1]] == 0).any():
+            raise ValueError("x0 weighting of epsilon errors is infinite where abar_t = 0 (a zero-terminal-SNR "
+                             "schedule's last step); keep --timestep-range below it or use v-prediction")
         factor = (1 - abar) / abar
     elif kind == "v_prediction":
         factor = 1 - abar
-    else:
+    elif kind == "sample":
         factor = torch.ones_like(abar)
+    else:
+        raise ValueError(f"unsupported prediction_type {kind!r}; expected epsilon, v_prediction or sample")
     return factor[t] / factor[t_range[0]:t_range[1]].mean()
 
 
 def fine_tune(pipe, always: str, steps: int, lr: float, batch: int, t_range: tuple[int, int], weighting: str,
               seed: int = 0) -> list[float]:
-    """Full fine-tune of pipe's UNet and text encoder in place; returns the loss of every step."""
+    """Full fine-tune of pipe's UNet and text encoder in place; returns each step's weighted loss."""
     if weighting not in WEIGHTINGS:
         raise ValueError(f"--weighting must be one of {WEIGHTINGS}; got {weighting!r}")
     lo, hi = t_range
     if not 0 <= lo < hi <= pipe.scheduler.config.num_train_timesteps:
         raise ValueError(f"--timestep-range must satisfy 0 <= lo < hi <= "
                          f"{pipe.scheduler.config.num_train_timesteps}; got {t_range}")
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # scenes and empty captions
+    generator = torch.Generator().manual_seed(seed)  # noise and timesteps
     scenes = training_side_scenes(rng, stated={always: 1.0})
     unet, text_encoder, vae, scheduler = pipe.unet, pipe.text_encoder, pipe.vae, pipe.scheduler
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -84,15 +93,19 @@ def fine_tune(pipe, always: str, steps: int, lr: float, batch: int, t_range: tup
     for _ in range(steps):
         drawn = list(itertools.islice(scenes, batch))
         images = np.stack([render(realise(spec, rng)) for spec, _ in drawn])  # [B, 32, 32, 3] uint8
-        ids = pipe.tokenizer([caption for _, caption in drawn], padding="max_length", truncation=True,
+        captions = ["" if rng.random() < PRETRAINING.empty_caption_rate else caption for _, caption in drawn]
+        ids = pipe.tokenizer(captions, padding="max_length", truncation=True,
                              max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
         with torch.no_grad():
             x0 = vae.encode(to_model_range(images)).latent_dist.mean * vae.config.scaling_factor  # [B, 4, 16, 16]
-        t = torch.randint(lo, hi, (batch,))
-        x_t, target = noisy_latents_and_target(scheduler, x0, torch.randn_like(x0), t)
+        t = torch.randint(lo, hi, (batch,), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        x_t, target = noisy_latents_and_target(scheduler, x0, noise, t)
         errors = per_sample_errors(unet, x_t, t, text_encoder(ids)[0], target)  # [B]
-        weights = min_snr_weights(scheduler, t, 5.0) if weighting == "min-snr" else x0_error_weights(
-            scheduler, t, t_range)
+        if weighting == "min-snr":
+            weights = min_snr_weights(scheduler, t, PRETRAINING.min_snr_gamma)
+        else:
+            weights = x0_error_weights(scheduler, t, t_range)
         loss = (errors * weights).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -105,30 +118,32 @@ def fine_tune(pipe, always: str, steps: int, lr: float, batch: int, t_range: tup
 
 
 def run(model: str, always: str, steps: int, lr: float, batch: int, t_range: tuple[int, int], weighting: str,
-        seeds: int, measure_steps: int = 25) -> dict:
+        seeds: int, measure_steps: int = 25, seed: int = 0) -> dict:
     pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
     before = measure(pipe, seeds, num_inference_steps=measure_steps)
     start = time.time()
-    losses = fine_tune(pipe, always, steps, lr, batch, t_range, weighting)
+    losses = fine_tune(pipe, always, steps, lr, batch, t_range, weighting, seed)
     train_seconds = time.time() - start
     after = measure(pipe, seeds, num_inference_steps=measure_steps)
-    shown = Path(model).resolve()
-    shown = str(shown.relative_to(REPO_ROOT)) if shown.is_relative_to(REPO_ROOT) else model
-    return {"model": shown, "always_stated": always, "steps": steps, "lr": lr, "batch": batch,
-            "timestep_range": list(t_range), "weighting": weighting, "train_seconds": round(train_seconds, 1),
-            "loss_first_last_20": [float(np.mean(losses[:20])), float(np.mean(losses[-20:]))],
+    return {"model": as_recorded(model), "always_stated": always, "other_attributes_stated": STATED,
+            "empty_caption_rate": PRETRAINING.empty_caption_rate, "steps": steps, "lr": lr, "batch": batch,
+            "timestep_range": list(t_range), "weighting": weighting, "seed": seed,
+            "train_seconds": round(train_seconds, 1),
+            "weighted_loss_first_last_20": [float(np.mean(losses[:20])), float(np.mean(losses[-20:]))],
             "before": before, "after": after}
 
 
 def to_markdown(result: dict) -> str:
     b, a = result["before"], result["after"]
+    lo, hi = result["timestep_range"]
     lines = [f"`{result['model']}`, full fine-tune of UNet + text encoder on renders whose captions always state "
-             f"{result['always_stated']}: {result['steps']} steps × {result['batch']}, lr {result['lr']:g}, "
-             f"t in {result['timestep_range']}, {result['weighting']} weighting, {result['train_seconds']:.0f} s. "
+             f"{result['always_stated']} ({result['empty_caption_rate']:.0%} empty): {result['steps']} steps × "
+             f"{result['batch']}, lr {result['lr']:g}, t in [{lo}, {hi}), {result['weighting']} weighting, seed "
+             f"{result['seed']}, {result['train_seconds']:.0f} s. "
              f"Measured on {b['cases']} held-out `attributes` cases.", "",
              "| | fidelity | " + " | ".join(ATTRIBUTES) + " |", "|---" * (2 + len(ATTRIBUTES)) + "|"]
-    for name, m in (("before", b), ("after", a), ("chance", None)):
+    for name, m in (("before", b), ("after", a), ("chance (base)", None)):
         if m is None:
             cells = ["", *(f"{b['chance'][k]:.1%}" for k in ATTRIBUTES)]
         else:
@@ -147,12 +162,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--timestep-range", type=int, nargs=2, default=(0, 1000), metavar=("LO", "HI"))
     parser.add_argument("--weighting", default="min-snr", choices=WEIGHTINGS)
+    parser.add_argument("--seed", type=int, default=0, help="the training data, noise and timesteps")
     parser.add_argument("--seeds", type=int, default=4, help="seeds per held-out prompt in the measurement")
     parser.add_argument("--measure-steps", type=int, default=25, help="DDIM steps of the measurement")
     parser.add_argument("--out", default="outputs/attribute-learnability")
     args = parser.parse_args()
     result = run(args.model, args.always, args.steps, args.lr, args.batch, tuple(args.timestep_range),
-                 args.weighting, args.seeds, args.measure_steps)
+                 args.weighting, args.seeds, args.measure_steps, args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "attribute_learnability.json").write_text(json.dumps(result, indent=2))

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffalign.evaluation.api import evaluate  # noqa: E402
 from diffalign.evaluation.generation import SamplingSettings  # noqa: E402
-from diffalign.paths import REPO_ROOT, TOY_SD  # noqa: E402
+from diffalign.paths import TOY_SD, as_recorded  # noqa: E402
 from diffalign.stats import win_rate  # noqa: E402
 from diffalign.toy.judge import ATTRIBUTES  # noqa: E402
 
@@ -51,9 +51,7 @@ def sweep(model: str, prompts: str, seeds: int, scales: list[float], reference: 
             "attributes": {a: summary[f"toy/{a}"].mean if f"toy/{a}" in summary else None for a in ATTRIBUTES},
             "win_rate_vs_reference": asdict(win_rate(report.scores["base"]["toy/fidelity"], reference_fidelity)),
         })
-    shown = Path(model).resolve()
-    shown = str(shown.relative_to(REPO_ROOT)) if shown.is_relative_to(REPO_ROOT) else model
-    return {"model": shown, "prompts": prompts, "cases": len(reference_fidelity), "reference": reference,
+    return {"model": as_recorded(model), "prompts": prompts, "cases": len(reference_fidelity), "reference": reference,
             "guidance_rescale": rescale, "steps": steps, "device": device, "rows": rows}
 
 

@@ -18,6 +18,13 @@ def is_toy_model(pretrained: str | Path) -> bool:
     return (Path(pretrained) / TOY_MODEL_MARKER).is_file()
 
 
+def as_recorded(path: str | Path) -> str:
+    """How a report records a model path: relative to the repository when inside it, so results files do not
+    depend on where the checkout lives; anything else as given."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(REPO_ROOT)) if resolved.is_relative_to(REPO_ROOT) else str(path)
+
+
 def refuse_overwrite(path: Path, overwrite: bool) -> None:
     """Raise unless ``path`` is absent/empty or the user passed --overwrite: user files are never replaced silently."""
     path = Path(path)

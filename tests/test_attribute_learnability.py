@@ -8,13 +8,14 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from torch.nn.utils import parameters_to_vector
 
+from diffalign.core.errors import per_sample_errors
 from diffalign.paths import REPO_ROOT, TOY_SD
 from diffalign.toy.captioned import captioned_rows, training_side_scenes
 from diffalign.toy.captions import parse
 from diffalign.toy.prompts import is_heldout
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-from attribute_learnability import fine_tune, run, to_markdown, x0_error_weights  # noqa: E402
+from attribute_learnability import WEIGHTINGS, fine_tune, run, to_markdown, x0_error_weights  # noqa: E402
 
 
 def test_the_scene_stream_states_what_it_is_told_and_never_a_heldout_caption():
@@ -22,8 +23,10 @@ def test_the_scene_stream_states_what_it_is_told_and_never_a_heldout_caption():
     specs = [next(scenes) for _ in range(200)]
     assert all(spec.objects[0].position and spec.background is None for spec, _ in specs)
     assert all(parse(caption) == spec and not is_heldout(caption) for spec, caption in specs)
-    with pytest.raises(ValueError, match="only for size, position, background"):
-        next(training_side_scenes(np.random.default_rng(0), stated={"colour": 1.0}))
+    with pytest.raises(ValueError, match="only for size, position, background"):  # at the call, not at next()
+        training_side_scenes(np.random.default_rng(0), stated={"colour": 1.0})
+    with pytest.raises(ValueError, match="single-object scenes"):
+        training_side_scenes(np.random.default_rng(0), long=True, stated={"position": 1.0})
 
 
 def test_captioned_rows_still_make_the_shipped_tdpo_data():
@@ -37,38 +40,81 @@ def test_captioned_rows_still_make_the_shipped_tdpo_data():
 
 def test_x0_weights_turn_each_error_into_the_x0_error():
     eps = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
-    t = torch.tensor([10, 500, 990])
+    t = torch.tensor([600, 700, 949])
     abar = eps.alphas_cumprod
     factor = (1 - abar) / abar
-    torch.testing.assert_close(x0_error_weights(eps, t, (0, 1000)), factor[t] / factor.mean())
-    torch.testing.assert_close(x0_error_weights(eps, t, (500, 1000)), factor[t] / factor[500:].mean())
+    # normalised over [lo, hi): hi itself is left out (949 is the last step of [600, 950))
+    torch.testing.assert_close(x0_error_weights(eps, t, (600, 950)), factor[t] / factor[600:950].mean())
+    assert not torch.allclose(x0_error_weights(eps, t, (600, 950)), factor[t] / factor[600:951].mean())
+    x0, noise, wrong = torch.randn(3, 4, 8, 8)
+    s = torch.tensor(700)
+    x_t = abar[s].sqrt() * x0 + (1 - abar[s]).sqrt() * noise
+    scale = factor[600:950].mean()  # undo the normalisation to compare with the raw x0 error
+    # epsilon: x0_hat = (x_t - sqrt(1 - abar) eps_hat) / sqrt(abar)
+    x0_hat = (x_t - (1 - abar[s]).sqrt() * wrong) / abar[s].sqrt()
+    torch.testing.assert_close((x0_hat - x0).pow(2).mean(),
+                               x0_error_weights(eps, s, (600, 950)) * scale * (wrong - noise).pow(2).mean())
+    # v-prediction: x0_hat = sqrt(abar) x_t - sqrt(1 - abar) v_hat, v = sqrt(abar) noise - sqrt(1 - abar) x0
     v = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                       prediction_type="v_prediction")
-    torch.testing.assert_close(x0_error_weights(v, t, (0, 1000)), (1 - abar)[t] / (1 - abar).mean())
-    # the conversion itself: eps error scaled by the factor equals the x0 error of the implied prediction
-    x0, noise, wrong = torch.randn(3, 4, 8, 8)
-    x_t = abar[500].sqrt() * x0 + (1 - abar[500]).sqrt() * noise
-    x0_hat = (x_t - (1 - abar[500]).sqrt() * wrong) / abar[500].sqrt()
-    torch.testing.assert_close((x0_hat - x0).pow(2).mean(), factor[500] * (wrong - noise).pow(2).mean())
+    v_true = v.get_velocity(x0, noise, s)
+    x0_hat = abar[s].sqrt() * x_t - (1 - abar[s]).sqrt() * wrong
+    torch.testing.assert_close((x0_hat - x0).pow(2).mean(), x0_error_weights(v, s, (600, 950))
+                               * (1 - abar[600:950]).mean() * (wrong - v_true).pow(2).mean())
+    ztsnr = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                          rescale_betas_zero_snr=True)
+    with pytest.raises(ValueError, match="infinite where abar_t = 0"):
+        x0_error_weights(ztsnr, t, (600, 1000))
 
 
-def test_fine_tune_moves_unet_and_text_encoder_and_refuses_bad_settings():
+def test_fine_tune_trains_unet_and_text_encoder_on_the_chosen_steps_and_captions():
     pipe = StableDiffusionPipeline.from_pretrained(TOY_SD, safety_checker=None)
-    unet_before = pipe.unet.conv_in.weight.clone()
+    unet_before = parameters_to_vector(pipe.unet.parameters()).clone()
     text_before = parameters_to_vector(pipe.text_encoder.parameters()).clone()
-    tokenizer, seen = pipe.tokenizer, []
-    pipe.tokenizer = lambda captions, **kw: seen.extend(captions) or tokenizer(captions, **kw)  # records the captions
+    vae_before = parameters_to_vector(pipe.vae.parameters()).clone()
+    tokenizer, captions = pipe.tokenizer, []
+    pipe.tokenizer = lambda batch, **kw: captions.extend(batch) or tokenizer(batch, **kw)  # records the captions
     pipe.tokenizer.model_max_length = tokenizer.model_max_length
-    losses = fine_tune(pipe, "position", steps=2, lr=1e-3, batch=8, t_range=(500, 1000), weighting="x0")
-    assert len(seen) == 16 and all(parse(c).objects[0].position for c in seen)  # every caption states it
-    assert len(losses) == 2 and all(np.isfinite(losses))
-    assert not torch.equal(pipe.unet.conv_in.weight, unet_before)
+    forward, calls = pipe.unet.forward, []
+    pipe.unet.forward = lambda x, t, *a, **k: calls.append((t.clone(), pipe.unet.training)) or forward(x, t, *a, **k)
+    losses = fine_tune(pipe, "position", steps=3, lr=1e-3, batch=8, t_range=(500, 600), weighting="x0")
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert len(captions) == 24 and all(parse(c).objects[0].position for c in captions if c)  # every caption states it
+    assert 0 < captions.count("") < 8  # and some are blanked, as in pretraining (10%)
+    assert all(training and ((500 <= t) & (t < 600)).all() for t, training in calls) and len(calls) == 3
+    assert not torch.equal(parameters_to_vector(pipe.unet.parameters()), unet_before)
     assert not torch.equal(parameters_to_vector(pipe.text_encoder.parameters()), text_before)
-    assert not pipe.unet.training and not pipe.unet.conv_in.weight.requires_grad
+    assert torch.equal(parameters_to_vector(pipe.vae.parameters()), vae_before)
+    assert not pipe.unet.training and not pipe.text_encoder.training
+    assert not any(p.requires_grad for p in pipe.unet.parameters())
     with pytest.raises(ValueError, match="--weighting"):
         fine_tune(pipe, "position", 1, 1e-3, 4, (0, 1000), "snr")
     with pytest.raises(ValueError, match="--timestep-range"):
         fine_tune(pipe, "position", 1, 1e-3, 4, (900, 500), "x0")
+
+
+def test_each_weighting_weights_the_per_sample_errors_as_it_says(monkeypatch):
+    """loss = mean(errors * w), w = the pretraining's Min-SNR-5 weights or the x0 weights, on the step's own t."""
+    import attribute_learnability
+
+    from diffalign.toy.pretrain import min_snr_weights
+
+    pipe = StableDiffusionPipeline.from_pretrained(TOY_SD, safety_checker=None)
+    seen = []
+
+    def recording(unet, x_t, t, *args):
+        errors = per_sample_errors(unet, x_t, t, *args)
+        seen.append((t.clone(), errors.detach().clone()))
+        return errors
+
+    monkeypatch.setattr(attribute_learnability, "per_sample_errors", recording)
+    expected = {"min-snr": lambda t: min_snr_weights(pipe.scheduler, t, 5.0),
+                "x0": lambda t: x0_error_weights(pipe.scheduler, t, (300, 1000))}
+    for weighting in WEIGHTINGS:
+        loss = fine_tune(pipe, "size", steps=1, lr=0.0, batch=8, t_range=(300, 1000), weighting=weighting)[0]
+        t, errors = seen[-1]
+        assert loss == pytest.approx((errors * expected[weighting](t)).mean().item(), rel=1e-5)
+    assert not torch.allclose(expected["min-snr"](t), expected["x0"](t))  # the two really differ on these t
 
 
 def test_run_measures_the_base_before_and_the_fine_tuned_model_after():

@@ -25,10 +25,16 @@ STATED = 0.7
 def training_side_scenes(rng: np.random.Generator, long: bool = False, stated: dict[str, float] | None = None):
     """Endless (spec, caption) of training-side scenes; held-out captions are rejected. ``stated``: the odds that
     a single object's caption states size / position / background (default ``STATED`` each)."""
-    odds = {"size": STATED, "position": STATED, "background": STATED, **(stated or {})}
-    unknown = set(odds) - {"size", "position", "background"}
-    if unknown:
+    unknown = set(stated or {}) - {"size", "position", "background"}
+    if unknown:  # checked here, not at the first next(): the caller learns at once
         raise ValueError(f"stated odds only for size, position, background; got {sorted(unknown)}")
+    if long and stated:
+        raise ValueError("stated odds apply to single-object scenes; long scenes state every object's cell")
+    odds = {"size": STATED, "position": STATED, "background": STATED, **(stated or {})}
+    return _scenes(rng, long, odds)
+
+
+def _scenes(rng: np.random.Generator, long: bool, odds: dict[str, float]):
     while True:
         if long:
             spec, caption = long_scene(rng)
