@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from results_files import write_results  # noqa: E402  (beside this script)
 
 from diffusers import StableDiffusionPipeline  # noqa: E402
 
@@ -169,11 +170,7 @@ def main() -> None:
     args = parser.parse_args()
     result = run(args.model, args.always, args.steps, args.lr, args.batch, tuple(args.timestep_range),
                  args.weighting, args.seeds, args.measure_steps, args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "attribute_learnability.json").write_text(json.dumps(result, indent=2))
-    (out / "attribute_learnability.md").write_text(to_markdown(result) + "\n")
-    print(to_markdown(result))
+    write_results(args.out, "attribute_learnability", result, to_markdown(result))
 
 
 if __name__ == "__main__":

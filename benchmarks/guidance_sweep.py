@@ -15,12 +15,13 @@ CPU float32 by default, as the trainer's toy comparison samples, so the figures 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from results_files import write_results  # noqa: E402  (beside this script)
 
 from diffalign.evaluation.api import evaluate  # noqa: E402
 from diffalign.evaluation.generation import SamplingSettings  # noqa: E402
@@ -86,10 +87,7 @@ def main() -> None:
     out = Path(args.out)
     result = sweep(args.model, args.prompts, args.seeds, [float(g) for g in args.guidance.split(",")],
                    args.reference, args.guidance_rescale, out, args.steps, args.limit, args.device)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "guidance_sweep.json").write_text(json.dumps(result, indent=2))
-    (out / "guidance_sweep.md").write_text(to_markdown(result) + "\n")
-    print(to_markdown(result))
+    write_results(out, "guidance_sweep", result, to_markdown(result))
 
 
 if __name__ == "__main__":

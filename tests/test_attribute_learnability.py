@@ -126,3 +126,15 @@ def test_run_measures_the_base_before_and_the_fine_tuned_model_after():
     table = to_markdown(result)
     assert result["model"] == "assets/toy-sd"
     assert "| before |" in table and "| after |" in table and "always state background" in table
+
+
+def test_write_results_keeps_the_json_and_the_table_side_by_side(tmp_path, capsys):
+    import json
+
+    from results_files import write_results
+
+    result = {"model": "assets/toy-sd", "rows": [1, 2]}
+    out = write_results(tmp_path / "new", "bench", result, "| a |")
+    assert json.loads((out / "bench.json").read_text()) == result
+    assert (out / "bench.md").read_text() == "| a |\n" and "| a |" in capsys.readouterr().out
+
