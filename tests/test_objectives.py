@@ -34,6 +34,22 @@ def test_dpo_beta_carries_the_half_and_averages_log_sigmoid():
     assert metrics["implicit_acc"] == 0.5 and metrics["margin"] == pytest.approx(0.0, abs=1e-7)
 
 
+def test_dpo_sft_weight_adds_the_winners_mean_error():
+    # The pairs above (loss `expected`) plus λ · mean m_θ(w) = 0.5 * (0.4 + 0.3) / 2 = 0.175.
+    e = _errors([0.4, 0.3], [0.5, 0.2], [0.5, 0.2], [0.5, 0.2])
+    plain, _ = get_objective("dpo", beta=10).loss(e)
+    with_sft, _ = get_objective("dpo", beta=10, sft_weight=0.5).loss(e)
+    assert with_sft.item() == pytest.approx(plain.item() + 0.175, rel=1e-6)
+    # β = 0 leaves the SFT term alone: its gradient is λ / B on each winner error, nothing on the losers.
+    pw, pl = torch.tensor([0.4, 0.3], requires_grad=True), torch.tensor([0.5, 0.2], requires_grad=True)
+    loss, _ = get_objective("tdpo", beta=0.0, sft_weight=0.5).loss(PairErrors(pw, pl, e.ref_w, e.ref_l))
+    loss.backward()
+    assert loss.item() == pytest.approx(math.log(2) + 0.175, rel=1e-6)
+    assert torch.allclose(pw.grad, torch.tensor([0.25, 0.25])) and torch.equal(pl.grad, torch.zeros(2))
+    with pytest.raises(ValueError, match="sft_weight must be >= 0"):
+        get_objective("dpo", sft_weight=-1.0)
+
+
 @pytest.mark.parametrize("h,beta,link,eps,tau,expected", [
     (0.1, 10, "hinge", 0.0, 1.0, 0.5),                                   # relu(1 - 5*0.1)
     (0.3, 10, "hinge", 0.0, 1.0, 0.0),                                   # relu(1 - 1.5)

@@ -10,7 +10,9 @@ With per-sample errors m (float32) of the policy θ and the frozen reference, fo
     rdpo (flip rate ε < ½):     L = [-(1-ε) log σ((β/2) h) + ε log σ(-(β/2) h)] / (1 - 2ε)
 
 averaged over pairs (the mean of log σ, never log σ of the mean). At θ = ref, h = 0 and the sigmoid loss is
-log 2 exactly. β = 5000 (SDXL) / 2000-5000 (SD1.5) in this convention; diffusers' script's 2500 · h is β = 5000.
+log 2 exactly. ``sft_weight`` λ > 0 adds the winners' own denoising loss, L + λ · mean m_θ(w) (not in the paper:
+the SFT term of RPO, Pang et al., 2024, which keeps the preferred likelihood from falling with the margin); 0 = off.
+β = 5000 (SDXL) / 2000-5000 (SD1.5) in this convention; diffusers' script's 2500 · h is β = 5000.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ class DiffusionDPO(Objective):
     needs_reference = True
     pair_axis = "images"
 
-    def __init__(self, beta: float = 5000.0, link: str = "sigmoid", epsilon: float = 0.0, ipo_tau: float = 1.0):
+    def __init__(self, beta: float = 5000.0, link: str = "sigmoid", epsilon: float = 0.0, ipo_tau: float = 1.0,
+                 sft_weight: float = 0.0):
         if link not in LINKS:
             raise ValueError(f"unknown DPO link {link!r}; expected one of {LINKS}")
         if link == "rdpo" and not 0 <= epsilon < 0.5:
@@ -55,7 +58,10 @@ class DiffusionDPO(Objective):
             raise ValueError(f"cdpo needs label smoothing epsilon in [0, 0.5]; got {epsilon}")
         if ipo_tau <= 0:
             raise ValueError(f"ipo_tau must be positive; got {ipo_tau}")
+        if sft_weight < 0:
+            raise ValueError(f"sft_weight must be >= 0; got {sft_weight}")
         self.beta, self.link, self.epsilon, self.ipo_tau = beta, link, epsilon, ipo_tau
+        self.sft_weight = sft_weight
 
     def loss(self, errors: PairErrors, batch: dict | None = None):
         if errors.ref_w is None:
@@ -64,6 +70,8 @@ class DiffusionDPO(Objective):
         lose_gain = errors.ref_l - errors.policy_l
         h = win_gain - lose_gain
         loss = dpo_link(h, self.beta, self.link, self.epsilon, self.ipo_tau).mean()
+        if self.sft_weight:
+            loss = loss + self.sft_weight * errors.policy_w.mean()
         metrics = {
             "implicit_acc": implicit_accuracy(h).item(),
             "margin": h.mean().item(),
