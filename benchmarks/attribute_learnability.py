@@ -3,7 +3,8 @@
     python benchmarks/attribute_learnability.py [--model assets/toy-sd] [--always position] [--steps 600]
                                                 [--lr 2e-4] [--batch 64] [--timestep-range 0 1000]
                                                 [--weighting min-snr] [--seed 0] [--seeds 4]
-                                                [--measure-steps 25] [--out outputs/attribute-learnability]
+                                                [--measure-steps 25] [--frozen-text-encoder]
+                                                [--out outputs/attribute-learnability]
 
 A strong, direct signal for one caption attribute: ground-truth renders whose captions always state it, and the
 plain denoising loss on the whole UNet and text encoder (no LoRA, no preference, no reference), with the
@@ -73,8 +74,9 @@ def x0_error_weights(scheduler, t: torch.Tensor, t_range: tuple[int, int]) -> to
 
 
 def fine_tune(pipe, always: str, steps: int, lr: float, batch: int, t_range: tuple[int, int], weighting: str,
-              seed: int = 0) -> list[float]:
-    """Full fine-tune of pipe's UNet and text encoder in place; returns each step's weighted loss."""
+              seed: int = 0, train_text_encoder: bool = True) -> list[float]:
+    """Full fine-tune of pipe's UNet (and text encoder unless ``train_text_encoder`` is False) in place; returns
+    each step's weighted loss."""
     if weighting not in WEIGHTINGS:
         raise ValueError(f"--weighting must be one of {WEIGHTINGS}; got {weighting!r}")
     lo, hi = t_range
@@ -85,10 +87,10 @@ def fine_tune(pipe, always: str, steps: int, lr: float, batch: int, t_range: tup
     generator = torch.Generator().manual_seed(seed)  # noise and timesteps
     scenes = training_side_scenes(rng, stated={always: 1.0})
     unet, text_encoder, vae, scheduler = pipe.unet, pipe.text_encoder, pipe.vae, pipe.scheduler
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text_encoder else [])
     for p in params:
         p.requires_grad_(True)
-    unet.train(), text_encoder.train()
+    unet.train(), text_encoder.train(train_text_encoder)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     losses = []
     for _ in range(steps):
@@ -102,7 +104,9 @@ def fine_tune(pipe, always: str, steps: int, lr: float, batch: int, t_range: tup
         t = torch.randint(lo, hi, (batch,), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
         x_t, target = noisy_latents_and_target(scheduler, x0, noise, t)
-        errors = per_sample_errors(unet, x_t, t, text_encoder(ids)[0], target)  # [B]
+        with torch.set_grad_enabled(train_text_encoder):
+            states = text_encoder(ids)[0]  # [B, 77, D]
+        errors = per_sample_errors(unet, x_t, t, states, target)  # [B]
         if weighting == "min-snr":
             weights = min_snr_weights(scheduler, t, PRETRAINING.min_snr_gamma)
         else:
@@ -119,17 +123,18 @@ def fine_tune(pipe, always: str, steps: int, lr: float, batch: int, t_range: tup
 
 
 def run(model: str, always: str, steps: int, lr: float, batch: int, t_range: tuple[int, int], weighting: str,
-        seeds: int, measure_steps: int = 25, seed: int = 0) -> dict:
+        seeds: int, measure_steps: int = 25, seed: int = 0, train_text_encoder: bool = True) -> dict:
     pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
     before = measure(pipe, seeds, num_inference_steps=measure_steps)
     start = time.time()
-    losses = fine_tune(pipe, always, steps, lr, batch, t_range, weighting, seed)
+    losses = fine_tune(pipe, always, steps, lr, batch, t_range, weighting, seed, train_text_encoder)
     train_seconds = time.time() - start
     after = measure(pipe, seeds, num_inference_steps=measure_steps)
     return {"model": as_recorded(model), "always_stated": always, "other_attributes_stated": STATED,
             "empty_caption_rate": PRETRAINING.empty_caption_rate, "steps": steps, "lr": lr, "batch": batch,
             "timestep_range": list(t_range), "weighting": weighting, "seed": seed,
+            "text_encoder": "trained" if train_text_encoder else "frozen",
             "train_seconds": round(train_seconds, 1),
             "weighted_loss_first_last_20": [float(np.mean(losses[:20])), float(np.mean(losses[-20:]))],
             "before": before, "after": after}
@@ -138,7 +143,8 @@ def run(model: str, always: str, steps: int, lr: float, batch: int, t_range: tup
 def to_markdown(result: dict) -> str:
     b, a = result["before"], result["after"]
     lo, hi = result["timestep_range"]
-    lines = [f"`{result['model']}`, full fine-tune of UNet + text encoder on renders whose captions always state "
+    trained = {"trained": "UNet + text encoder", "frozen": "UNet (text encoder frozen)"}[result["text_encoder"]]
+    lines = [f"`{result['model']}`, full fine-tune of {trained} on renders whose captions always state "
              f"{result['always_stated']} ({result['empty_caption_rate']:.0%} empty): {result['steps']} steps × "
              f"{result['batch']}, lr {result['lr']:g}, t in [{lo}, {hi}), {result['weighting']} weighting, seed "
              f"{result['seed']}, {result['train_seconds']:.0f} s. "
@@ -166,10 +172,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the training data, noise and timesteps")
     parser.add_argument("--seeds", type=int, default=4, help="seeds per held-out prompt in the measurement")
     parser.add_argument("--measure-steps", type=int, default=25, help="DDIM steps of the measurement")
+    parser.add_argument("--frozen-text-encoder", action="store_true", help="train the UNet alone")
     parser.add_argument("--out", default="outputs/attribute-learnability")
     args = parser.parse_args()
     result = run(args.model, args.always, args.steps, args.lr, args.batch, tuple(args.timestep_range),
-                 args.weighting, args.seeds, args.measure_steps, args.seed)
+                 args.weighting, args.seeds, args.measure_steps, args.seed, not args.frozen_text_encoder)
     write_results(args.out, "attribute_learnability", result, to_markdown(result))
 
 

@@ -93,6 +93,17 @@ def test_fine_tune_trains_unet_and_text_encoder_on_the_chosen_steps_and_captions
         fine_tune(pipe, "position", 1, 1e-3, 4, (900, 500), "x0")
 
 
+def test_a_frozen_text_encoder_stays_as_it_was_while_the_unet_trains():
+    pipe = StableDiffusionPipeline.from_pretrained(TOY_SD, safety_checker=None)
+    unet_before = parameters_to_vector(pipe.unet.parameters()).clone()
+    text_before = parameters_to_vector(pipe.text_encoder.parameters()).clone()
+    fine_tune(pipe, "background", steps=2, lr=1e-3, batch=4, t_range=(600, 1000), weighting="min-snr",
+              train_text_encoder=False)
+    assert not torch.equal(parameters_to_vector(pipe.unet.parameters()), unet_before)
+    assert torch.equal(parameters_to_vector(pipe.text_encoder.parameters()), text_before)
+    assert all(p.grad is None for p in pipe.text_encoder.parameters())  # not even computed
+
+
 def test_each_weighting_weights_the_per_sample_errors_as_it_says(monkeypatch):
     """loss = mean(errors * w), w = the pretraining's Min-SNR-5 weights or the x0 weights, on the step's own t."""
     import attribute_learnability
@@ -126,6 +137,7 @@ def test_run_measures_the_base_before_and_the_fine_tuned_model_after():
     table = to_markdown(result)
     assert result["model"] == "assets/toy-sd"
     assert "| before |" in table and "| after |" in table and "always state background" in table
+    assert result["text_encoder"] == "trained" and "UNet + text encoder" in table
 
 
 def test_write_results_keeps_the_json_and_the_table_side_by_side(tmp_path, capsys):
