@@ -46,8 +46,21 @@ def test_dpo_sft_weight_adds_the_winners_mean_error():
     loss.backward()
     assert loss.item() == pytest.approx(math.log(2) + 0.175, rel=1e-6)
     assert torch.allclose(pw.grad, torch.tensor([0.25, 0.25])) and torch.equal(pl.grad, torch.zeros(2))
-    with pytest.raises(ValueError, match="sft_weight must be >= 0"):
-        get_objective("dpo", sft_weight=-1.0)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="sft_weight must be >= 0"):
+            get_objective("dpo", sft_weight=bad)
+
+
+def test_tdpo_sft_term_reads_the_winner_errors_while_the_clip_stops_the_loser():
+    # ρ = 0.1, β = 10, λ = 0.5, one pair: policy_l 0.60 > 1.1 * 0.50 -> clipped to 0.55; g_w = 0.05, h = 0.10,
+    # z = 0.5. d/dm_w [-log σ((β/2)(m_ref_w - m_w - ...))] = (β/2) σ(-z) = 5 σ(-0.5); the SFT term adds λ / B = 0.5.
+    pw, pl = torch.tensor([0.45], requires_grad=True), torch.tensor([0.60], requires_grad=True)
+    loss, metrics = get_objective("tdpo", beta=10.0, negative_clip=0.1, sft_weight=0.5).loss(
+        PairErrors(pw, pl, torch.tensor([0.50]), torch.tensor([0.50])))
+    loss.backward()
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-0.5)) + 0.5 * 0.45, rel=1e-6)
+    assert pw.grad.item() == pytest.approx(5 / (1 + math.exp(0.5)) + 0.5, rel=1e-6)
+    assert pl.grad.item() == 0 and metrics["sft_term"] == pytest.approx(0.225, rel=1e-6)
 
 
 @pytest.mark.parametrize("h,beta,link,eps,tau,expected", [

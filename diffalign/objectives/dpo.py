@@ -11,7 +11,9 @@ With per-sample errors m (float32) of the policy θ and the frozen reference, fo
 
 averaged over pairs (the mean of log σ, never log σ of the mean). At θ = ref, h = 0 and the sigmoid loss is
 log 2 exactly. ``sft_weight`` λ > 0 adds the winners' own denoising loss, L + λ · mean m_θ(w) (not in the paper:
-the SFT term of RPO, Pang et al., 2024, which keeps the preferred likelihood from falling with the margin); 0 = off.
+the chosen-answer NLL term of Iterative RPO, Pang et al., 2024, arXiv 2404.19733, which keeps the preferred
+likelihood from falling with the margin); 0 = off. Its scale is λ against the DPO term's β/4 per pair at the start
+(the sigmoid link's gradient on m_θ(w)), so λ = 1 next to β = 1000 is a light touch.
 β = 5000 (SDXL) / 2000-5000 (SD1.5) in this convention; diffusers' script's 2500 · h is β = 5000.
 """
 
@@ -58,7 +60,7 @@ class DiffusionDPO(Objective):
             raise ValueError(f"cdpo needs label smoothing epsilon in [0, 0.5]; got {epsilon}")
         if ipo_tau <= 0:
             raise ValueError(f"ipo_tau must be positive; got {ipo_tau}")
-        if sft_weight < 0:
+        if not sft_weight >= 0:  # also refuses NaN
             raise ValueError(f"sft_weight must be >= 0; got {sft_weight}")
         self.beta, self.link, self.epsilon, self.ipo_tau = beta, link, epsilon, ipo_tau
         self.sft_weight = sft_weight
@@ -70,8 +72,9 @@ class DiffusionDPO(Objective):
         lose_gain = errors.ref_l - errors.policy_l
         h = win_gain - lose_gain
         loss = dpo_link(h, self.beta, self.link, self.epsilon, self.ipo_tau).mean()
-        if self.sft_weight:
-            loss = loss + self.sft_weight * errors.policy_w.mean()
+        sft = self.sft_weight * errors.policy_w.mean() if self.sft_weight else None
+        if sft is not None:
+            loss = loss + sft
         metrics = {
             "implicit_acc": implicit_accuracy(h).item(),
             "margin": h.mean().item(),
@@ -80,4 +83,6 @@ class DiffusionDPO(Objective):
             "err_policy_w": errors.policy_w.mean().item(), "err_policy_l": errors.policy_l.mean().item(),
             "err_ref_w": errors.ref_w.mean().item(), "err_ref_l": errors.ref_l.mean().item(),
         }
+        if sft is not None:
+            metrics["sft_term"] = sft.item()
         return loss, metrics
