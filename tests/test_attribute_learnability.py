@@ -128,16 +128,18 @@ def test_each_weighting_weights_the_per_sample_errors_as_it_says(monkeypatch):
     assert not torch.allclose(expected["min-snr"](t), expected["x0"](t))  # the two really differ on these t
 
 
-def test_run_measures_the_base_before_and_the_fine_tuned_model_after():
+@pytest.mark.parametrize("train_text_encoder,label", [(True, "UNet + text encoder"),
+                                                      (False, "UNet (text encoder frozen)")])
+def test_run_measures_the_base_before_and_the_fine_tuned_model_after(train_text_encoder, label):
     result = run(str(TOY_SD), "background", steps=1, lr=1e-3, batch=4, t_range=(0, 1000), weighting="min-snr",
-                 seeds=1, measure_steps=2)
+                 seeds=1, measure_steps=2, train_text_encoder=train_text_encoder)
     before, after = result["before"], result["after"]
     assert before["cases"] == after["cases"] == 65 and before["settings"]["num_inference_steps"] == 2
     assert before["attributes"] != after["attributes"] or before["unstated"] != after["unstated"]  # it did train
     table = to_markdown(result)
     assert result["model"] == "assets/toy-sd"
     assert "| before |" in table and "| after |" in table and "always state background" in table
-    assert result["text_encoder"] == "trained" and "UNet + text encoder" in table
+    assert result["text_encoder"] == ("trained" if train_text_encoder else "frozen") and label in table
 
 
 def test_write_results_keeps_the_json_and_the_table_side_by_side(tmp_path, capsys):

@@ -72,9 +72,6 @@ class DiffusionDPO(Objective):
         lose_gain = errors.ref_l - errors.policy_l
         h = win_gain - lose_gain
         loss = dpo_link(h, self.beta, self.link, self.epsilon, self.ipo_tau).mean()
-        sft = self.sft_weight * errors.policy_w.mean() if self.sft_weight else None
-        if sft is not None:
-            loss = loss + sft
         metrics = {
             "implicit_acc": implicit_accuracy(h).item(),
             "margin": h.mean().item(),
@@ -83,6 +80,8 @@ class DiffusionDPO(Objective):
             "err_policy_w": errors.policy_w.mean().item(), "err_policy_l": errors.policy_l.mean().item(),
             "err_ref_w": errors.ref_w.mean().item(), "err_ref_l": errors.ref_l.mean().item(),
         }
-        if sft is not None:
+        if self.sft_weight:  # the winners' own denoising loss (Iterative RPO's NLL term)
+            sft = self.sft_weight * errors.policy_w.mean()
+            loss = loss + sft
             metrics["sft_term"] = sft.item()
         return loss, metrics
