@@ -23,7 +23,8 @@ def _toy_pretrain(args) -> None:
     from .toy.pretrain import PretrainConfig, pretrain
 
     refuse_overwrite(Path(args.out), args.overwrite)
-    cfg = PretrainConfig(seed=args.seed, zero_terminal_snr=args.zero_terminal_snr)
+    cfg = PretrainConfig(seed=args.seed, zero_terminal_snr=args.zero_terminal_snr,
+                         frozen_text_encoder=args.frozen_text_encoder)
     if args.vae_steps is not None:
         cfg.vae_steps = args.vae_steps
     if args.unet_steps is not None:
@@ -164,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unet-steps", type=int, default=None, help="UNet+text encoder steps (default: the recipe's)")
     p.add_argument("--zero-terminal-snr", action="store_true",
                    help="a zero-terminal-SNR schedule with v-prediction (the noise then carries no image colour)")
+    p.add_argument("--frozen-text-encoder", default=None, metavar="CLIP_PATH",
+                   help="condition on this CLIP's text tower, frozen, as SD1.5 does on OpenAI's CLIP (e.g. "
+                        "assets/toy-clip); default: a text encoder trained from scratch with the UNet")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=_toy_pretrain)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from diffalign.paths import TOY_MODEL_MARKER, TOY_SD, is_toy_model
+from diffalign.paths import TOY_CLIP, TOY_MODEL_MARKER, TOY_SD, is_toy_model
 from diffalign.toy.model import make_scheduler
 from diffalign.toy.pretrain import PretrainConfig, denoising_loss, min_snr_weights, pretrain
 
@@ -75,6 +75,32 @@ def test_a_tiny_pretrain_saves_a_pipeline_that_samples(tmp_path, zero_terminal_s
     # Known as a toy base wherever it was saved, with the recipe that made it.
     assert is_toy_model(tmp_path)
     assert json.loads((tmp_path / TOY_MODEL_MARKER).read_text())["recipe"]["zero_terminal_snr"] == zero_terminal_snr
+
+
+def test_a_frozen_text_encoder_is_saved_unchanged(tmp_path):
+    """SD1.5's recipe: the UNet learns to read a given CLIP's text tower, which itself does not move."""
+    from transformers import CLIPModel
+
+    cfg = PretrainConfig(vae_steps=1, unet_steps=2, pool_size=8, batch_size=4, warmup_steps=1,
+                         frozen_text_encoder=str(TOY_CLIP))
+    pretrain(tmp_path, cfg)
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path)
+    clip_text = CLIPModel.from_pretrained(TOY_CLIP).text_model.state_dict()
+    saved = pipe.text_encoder.state_dict()
+    assert saved.keys() == clip_text.keys()
+    assert all(torch.equal(saved[k], clip_text[k]) for k in saved)
+    assert json.loads((tmp_path / TOY_MODEL_MARKER).read_text())["recipe"]["frozen_text_encoder"] == str(TOY_CLIP)
+
+
+def test_a_frozen_text_encoder_of_another_shape_is_refused(tmp_path):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from diffalign.toy.pretrain import load_frozen_text_encoder
+
+    CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                 vocab_size=49408)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="hidden_size is 32, the toy UNet needs 64"):
+        load_frozen_text_encoder(str(tmp_path))
 
 
 def test_only_marked_folders_and_the_embedded_base_are_toy_models(tmp_path):

@@ -6,7 +6,8 @@ Two stages, deterministic under ``seed`` on CPU:
    (Hang et al., 2023: the same optimum, several times faster convergence), 10% empty captions (so classifier-free
    guidance works), and an EMA of the weights, which is what gets saved. Latents of a fixed pool of renders are
    encoded once, so the VAE is not run in the loop. ``zero_terminal_snr``: a zero-terminal-SNR schedule and the
-   v-prediction loss instead, weighted alike (``min_snr_weights``).
+   v-prediction loss instead, weighted alike (``min_snr_weights``). ``frozen_text_encoder``: the UNet alone trains,
+   conditioned on a given CLIP's text tower kept frozen (SD1.5's recipe; the default trains the encoder too).
 The latent scaling factor is measured (1 / std of the latents), as SD's 0.18215 was.
 """
 
@@ -25,11 +26,12 @@ import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
+from transformers import CLIPTextModel
 
 from ..core.errors import noisy_latents_and_target
 from ..models.tokenizer import build_clip_tokenizer
 from ..paths import TOY_MODEL_MARKER
-from .model import make_scheduler, make_text_encoder, make_unet, make_vae
+from .model import make_scheduler, make_text_encoder, make_unet, make_vae, text_encoder_config
 from .samples import captioned_renders, to_model_range
 
 
@@ -50,6 +52,9 @@ class PretrainConfig:
     empty_caption_rate: float = 0.1
     ema_decay: float = 0.999
     zero_terminal_snr: bool = False  # rescaled betas + v-prediction (toy/model.py make_scheduler)
+    # A CLIP folder (CLIPModel or CLIPTextModel, e.g. assets/toy-clip) whose text tower conditions the UNet, frozen,
+    # as SD1.5 conditions on OpenAI's frozen CLIP. None: a text encoder trained from scratch with the UNet.
+    frozen_text_encoder: str | None = None
 
 
 def _cosine_with_warmup(step: int, warmup: int, total: int) -> float:
@@ -115,17 +120,31 @@ def denoising_loss(unet, scheduler, x0, noise, t, states, gamma: float) -> torch
     return (per_sample * min_snr_weights(scheduler, t, gamma)).mean()
 
 
+def load_frozen_text_encoder(path: str) -> CLIPTextModel:
+    """The text tower of the CLIP at ``path`` (safetensors), frozen. Its shape must be the toy's (width 64, 77
+    positions), so the UNet's cross-attention fits it."""
+    encoder = CLIPTextModel.from_pretrained(path, use_safetensors=True)
+    expected = text_encoder_config()  # the config alone: building a model would draw from the RNG
+    for key in ("hidden_size", "max_position_embeddings", "vocab_size"):
+        if getattr(encoder.config, key) != getattr(expected, key):
+            raise ValueError(f"{path}: text encoder {key} is {getattr(encoder.config, key)}, the toy UNet needs "
+                             f"{getattr(expected, key)}")
+    return encoder.eval().requires_grad_(False)
+
+
 def train_unet(cfg: PretrainConfig, rng: np.random.Generator, vae, tokenizer, on_step=None):
-    unet, text_encoder, scheduler = make_unet(), make_text_encoder(), make_scheduler(cfg.zero_terminal_snr)
+    frozen = cfg.frozen_text_encoder is not None
+    text_encoder = load_frozen_text_encoder(cfg.frozen_text_encoder) if frozen else make_text_encoder()
+    unet, scheduler = make_unet(), make_scheduler(cfg.zero_terminal_snr)
     latents, ids, _ = encode_pool(vae, tokenizer, rng, cfg)
     empty_ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
                           return_tensors="pt").input_ids
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    params = list(unet.parameters()) + ([] if frozen else list(text_encoder.parameters()))
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: _cosine_with_warmup(s, cfg.warmup_steps, cfg.unet_steps))
     ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
-    bar = tqdm(range(cfg.unet_steps), desc="pretrain unet+text")
+    bar = tqdm(range(cfg.unet_steps), desc="pretrain unet" if frozen else "pretrain unet+text")
     for step in bar:
         idx = torch.from_numpy(rng.integers(0, len(latents), cfg.batch_size))
         batch_ids = ids[idx].clone()
@@ -133,7 +152,9 @@ def train_unet(cfg: PretrainConfig, rng: np.random.Generator, vae, tokenizer, on
         x0 = latents[idx]  # [B, 4, 16, 16], already scaled
         noise = torch.randn_like(x0)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],))
-        loss = denoising_loss(unet, scheduler, x0, noise, t, text_encoder(batch_ids)[0], cfg.min_snr_gamma)
+        with torch.set_grad_enabled(not frozen):
+            states = text_encoder(batch_ids)[0]  # [B, 77, 64]
+        loss = denoising_loss(unet, scheduler, x0, noise, t, states, cfg.min_snr_gamma)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
