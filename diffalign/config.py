@@ -88,6 +88,9 @@ class TrainConfig:
     # encoder and, unless data.caption_dropout trains on empty captions, nothing else holds that branch. 0 = off.
     # (Not in the papers: a diffalign option.)
     empty_prompt_anchor: float = 0.0
+    # The peak learning rate of a trained text encoder's weights (lora.text_encoder or train.text_encoder), as
+    # diffusers' --text_encoder_lr; null = train.lr. The warmup and schedule apply to it alike.
+    text_encoder_lr: float | None = None
     channels_last: bool = False  # UNet weights/activations in channels-last memory format (often faster on GPU)
     compile: bool = False  # torch.compile the policy UNet (accelerate's dynamo, inductor backend)
     seed: int = 0
@@ -337,6 +340,9 @@ def validate(cfg: Config, given: dict | None = None, overridden: set[str] = froz
     if t.empty_prompt_anchor and not (cfg.lora.text_encoder or t.text_encoder):
         raise ConfigError("train.empty_prompt_anchor keeps a trained text encoder's empty-prompt states; no text "
                           "encoder trains here (set lora.text_encoder or train.text_encoder)")
+    if t.text_encoder_lr is not None and not 0 < t.text_encoder_lr < math.inf:
+        raise ConfigError(f"train.text_encoder_lr must be a finite number > 0 (or null: train.lr); "
+                          f"got {t.text_encoder_lr}")
     if t.text_encoder and t.ema_reference_decay is not None:
         raise ConfigError("train.text_encoder with train.ema_reference_decay: the EMA reference follows the UNet "
                           "only, while the reference text encoder stays the starting one; use one of them")
@@ -386,6 +392,8 @@ _SETTINGS_IN_USE = [
      lambda cfg, o: getattr(o, "step_kind", "denoising") == "denoising"),
     ("lora", "text_encoder_target_modules", "a text-encoder LoRA (lora.text_encoder: true)", "lora.text_encoder",
      lambda cfg, o: cfg.lora.text_encoder),
+    ("train", "text_encoder_lr", "a trained text encoder (lora.text_encoder or train.text_encoder)",
+     "train.text_encoder", lambda cfg, o: cfg.lora.text_encoder or cfg.train.text_encoder),
 ]
 
 

@@ -98,10 +98,17 @@ def make_accelerator(cfg: Config) -> Accelerator:
     )
 
 
-def make_optimizer(cfg: Config, params: list) -> torch.optim.Optimizer:
+def make_optimizer(cfg: Config, params: list, text_params: list = ()) -> torch.optim.Optimizer:
     """train.optimizer: ``adamw``; ``adamw_8bit`` (bitsandbytes); ``adafactor`` (transformers', with a fixed lr:
-    no relative step or parameter scaling, as Diffusion-DPO's SDXL training uses it)."""
+    no relative step or parameter scaling, as Diffusion-DPO's SDXL training uses it).
+
+    ``text_params`` (a trained text encoder's, also in ``params``) get their own group at train.text_encoder_lr
+    when that is set; the lr scheduler scales every group's peak alike."""
     t = cfg.train
+    if text_params and t.text_encoder_lr is not None:
+        text_ids = {id(p) for p in text_params}
+        params = [{"params": [p for p in params if id(p) not in text_ids]},
+                  {"params": list(text_params), "lr": t.text_encoder_lr}]
     if t.optimizer == "adafactor":
         from transformers.optimization import Adafactor
 
@@ -249,7 +256,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                                          collate_fn=collate, drop_last=True, num_workers=workers,
                                          pin_memory=accelerator.device.type == "cuda",
                                          prefetch_factor=4 if workers else None)
-    optimizer = make_optimizer(cfg, params)
+    optimizer = make_optimizer(cfg, params, trained_text.params if trained_text is not None else [])
     # accelerate steps the scheduler once per process per optimizer step, hence the num_processes factor.
     lr_scheduler = get_scheduler(cfg.train.lr_scheduler, optimizer,
                                  num_warmup_steps=cfg.train.warmup_steps * accelerator.num_processes,
@@ -362,6 +369,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             if grad_norm is not None:
                 metrics["grad_norm"] = grad_norm
             metrics.update(nonfinite_skipped=nonfinite_total, lr=lr_scheduler.get_last_lr()[0], epoch=epoch)
+            if len(optimizer.param_groups) > 1:  # train.text_encoder_lr's own group
+                metrics["text_encoder_lr"] = lr_scheduler.get_last_lr()[1]
             history.append(metrics)
             if global_step % cfg.train.log_every == 0 or global_step == cfg.train.max_steps:
                 # the loss (absent when every micro-batch was skipped) and the objective's headline metric, if any

@@ -192,3 +192,41 @@ def test_the_empty_prompt_anchor_is_refused_where_it_cannot_apply(overrides, mes
     with pytest.raises(ConfigError, match=message):
         load_config(REPO_ROOT / "configs/toy/tdpo.yaml", [("lora.enabled", "false"), ("train.text_encoder", "true"),
                                                           ("train.empty_prompt_anchor", "1")] + overrides)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_text_encoder_lr_sets_the_text_encoders_step_size(tmp_path, lora):
+    """One AdamW step moves every weight by about its group's lr (Adam's first step is lr * sign(grad), plus the
+    tiny decay): the UNet's weights by train.lr, the text encoder's by train.text_encoder_lr."""
+    extra = [("train.max_steps", "1"), ("train.weight_decay", "0"), ("train.text_encoder_lr", "1e-5")]
+    if lora:
+        extra += [("lora.enabled", "true"), ("train.text_encoder", "false"), ("lora.text_encoder", "true")]
+    summary = train(_cfg(tmp_path, extra=extra))
+    assert summary["first_metrics"]["text_encoder_lr"] == 1e-5 and summary["first_metrics"]["lr"] == 1e-3
+    base = StableDiffusionPipeline.from_pretrained(TOY_SD)
+    trained = load_pipeline(ModelSpec("run", TOY_SD, str(tmp_path)))
+    if lora:  # LoRA B starts at 0, so a weight's change is B @ A: look at B, which took exactly one step
+        from peft.tuners.lora import LoraLayer
+
+        def largest_b(model):
+            return max(m.lora_B["evaluated"].weight.abs().max().item() for m in model.modules()
+                       if isinstance(m, LoraLayer) and "evaluated" in m.lora_B)
+        unet_step, text_step = largest_b(trained.unet), largest_b(trained.text_encoder)
+    else:
+        def largest_change(a, b):
+            return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
+        unet_step = largest_change(trained.unet, base.unet)
+        text_step = largest_change(trained.text_encoder, base.text_encoder)
+    assert 0.9e-3 < unet_step < 1.1e-3
+    assert 0.9e-5 < text_step < 1.1e-5
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ([("train.text_encoder_lr", "0")], "train.text_encoder_lr must be a finite number > 0"),
+    ([("train.text_encoder_lr", "1e-4"), ("train.text_encoder", "false")],
+     "train.text_encoder_lr is set but .* applies only to a trained text encoder"),
+])
+def test_text_encoder_lr_is_refused_where_it_cannot_apply(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(REPO_ROOT / "configs/toy/tdpo.yaml", [("lora.enabled", "false"), ("train.text_encoder", "true")]
+                    + overrides)
