@@ -103,6 +103,12 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> int:
         accelerator.load_state(str(path))
         return int(json.loads(progress.read_text())["global_step"])
     except Exception as err:  # truncated/corrupt weights, optimizer or RNG files: several exception types
+        if "number of parameter groups" in str(err):  # torch's Optimizer.load_state_dict: a setting, not damage
+            from .config import ConfigError
+
+            raise ConfigError(f"checkpoint {path} holds an optimizer with another number of parameter groups: "
+                              "train.text_encoder_lr (a text encoder's own group) was set or unset since it was "
+                              "saved; resume with the setting it was saved with") from err
         raise BrokenCheckpoint(f"checkpoint {path} is broken and cannot be loaded ({type(err).__name__}: {err})"
                                ) from err
 

@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(TOY_SD), help="output folder (diffusers format)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vae-steps", type=int, default=None, help="VAE steps (default: the recipe's)")
-    p.add_argument("--unet-steps", type=int, default=None, help="UNet+text encoder steps (default: the recipe's)")
+    p.add_argument("--unet-steps", type=int, default=None, help="UNet (+ text encoder) steps (default: the recipe's)")
     p.add_argument("--zero-terminal-snr", action="store_true",
                    help="a zero-terminal-SNR schedule with v-prediction (the noise then carries no image colour)")
     p.add_argument("--frozen-text-encoder", default=None, metavar="CLIP_PATH",

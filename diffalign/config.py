@@ -340,6 +340,9 @@ def validate(cfg: Config, given: dict | None = None, overridden: set[str] = froz
     if t.empty_prompt_anchor and not (cfg.lora.text_encoder or t.text_encoder):
         raise ConfigError("train.empty_prompt_anchor keeps a trained text encoder's empty-prompt states; no text "
                           "encoder trains here (set lora.text_encoder or train.text_encoder)")
+    if t.text_encoder_lr is not None and not (cfg.lora.text_encoder or t.text_encoder):
+        raise ConfigError("train.text_encoder_lr is a trained text encoder's learning rate; no text encoder trains "
+                          "here (set lora.text_encoder or train.text_encoder)")
     if t.text_encoder_lr is not None and not 0 < t.text_encoder_lr < math.inf:
         raise ConfigError(f"train.text_encoder_lr must be a finite number > 0 (or null: train.lr); "
                           f"got {t.text_encoder_lr}")
@@ -392,8 +395,6 @@ _SETTINGS_IN_USE = [
      lambda cfg, o: getattr(o, "step_kind", "denoising") == "denoising"),
     ("lora", "text_encoder_target_modules", "a text-encoder LoRA (lora.text_encoder: true)", "lora.text_encoder",
      lambda cfg, o: cfg.lora.text_encoder),
-    ("train", "text_encoder_lr", "a trained text encoder (lora.text_encoder or train.text_encoder)",
-     "train.text_encoder", lambda cfg, o: cfg.lora.text_encoder or cfg.train.text_encoder),
 ]
 
 

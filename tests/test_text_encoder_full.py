@@ -224,7 +224,7 @@ def test_text_encoder_lr_sets_the_text_encoders_step_size(tmp_path, lora):
 @pytest.mark.parametrize("overrides, message", [
     ([("train.text_encoder_lr", "0")], "train.text_encoder_lr must be a finite number > 0"),
     ([("train.text_encoder_lr", "1e-4"), ("train.text_encoder", "false")],
-     "train.text_encoder_lr is set but .* applies only to a trained text encoder"),
+     "train.text_encoder_lr is a trained text encoder's learning rate; no text encoder trains here"),
 ])
 def test_text_encoder_lr_is_refused_where_it_cannot_apply(overrides, message):
     with pytest.raises(ConfigError, match=message):

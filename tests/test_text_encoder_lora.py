@@ -107,10 +107,14 @@ def test_the_export_loads_in_diffusers_with_the_trainers_text_states(tmp_path, s
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_resumed_run_restores_the_text_encoder(tmp_path, mode):
-    setting = [("train.max_steps", "3"), ("train.checkpoint_every", "1"), ("train.checkpoints_total_limit", "0"),
-               ("train.lr", "1e-2")] + MODES[mode]
+    # The encoder at its own lr: the checkpoint holds a two-group optimizer, and resuming restores both groups.
+    one_lr = [("train.max_steps", "3"), ("train.checkpoint_every", "1"), ("train.checkpoints_total_limit", "0"),
+              ("train.lr", "1e-2")] + MODES[mode]
+    setting = one_lr + [("train.text_encoder_lr", "3e-3")]
     train(_cfg(tmp_path / "straight", extra=setting))
     first = complete_checkpoints(tmp_path / "straight")[0]
+    with pytest.raises(ConfigError, match="train.text_encoder_lr .* was set or unset since it was saved"):
+        train(_cfg(tmp_path / "changed", extra=one_lr), resume=str(first))
     train(_cfg(tmp_path / "resumed", extra=setting), resume=str(first))
     straight, resumed = _trained_weights(tmp_path / "straight"), _trained_weights(tmp_path / "resumed")
     assert straight.keys() == resumed.keys() and any(k.startswith("text_encoder.") for k in straight)

@@ -123,7 +123,7 @@ def denoising_loss(unet, scheduler, x0, noise, t, states, gamma: float) -> torch
 def load_frozen_text_encoder(path: str) -> CLIPTextModel:
     """The text tower of the CLIP at ``path`` (safetensors), frozen. Its shape must be the toy's (width 64, 77
     positions), so the UNet's cross-attention fits it."""
-    encoder = CLIPTextModel.from_pretrained(path, use_safetensors=True)
+    encoder = CLIPTextModel.from_pretrained(path, use_safetensors=True, dtype=torch.float32)  # as the UNet trains
     expected = text_encoder_config()  # the config alone: building a model would draw from the RNG
     for key in ("hidden_size", "max_position_embeddings", "vocab_size"):
         if getattr(encoder.config, key) != getattr(expected, key):
@@ -132,9 +132,11 @@ def load_frozen_text_encoder(path: str) -> CLIPTextModel:
     return encoder.eval().requires_grad_(False)
 
 
-def train_unet(cfg: PretrainConfig, rng: np.random.Generator, vae, tokenizer, on_step=None):
-    frozen = cfg.frozen_text_encoder is not None
-    text_encoder = load_frozen_text_encoder(cfg.frozen_text_encoder) if frozen else make_text_encoder()
+def train_unet(cfg: PretrainConfig, rng: np.random.Generator, vae, tokenizer, on_step=None,
+               frozen_text_encoder: CLIPTextModel | None = None):
+    """``frozen_text_encoder``: cfg.frozen_text_encoder's, loaded by the caller (None: train one from scratch)."""
+    frozen = frozen_text_encoder is not None
+    text_encoder = frozen_text_encoder if frozen else make_text_encoder()
     unet, scheduler = make_unet(), make_scheduler(cfg.zero_terminal_snr)
     latents, ids, _ = encode_pool(vae, tokenizer, rng, cfg)
     empty_ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
@@ -173,8 +175,10 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig | None = None) -> StableDi
     rng = np.random.default_rng(cfg.seed)
     start = time.time()
     tokenizer = build_clip_tokenizer()
+    # Loaded (and its shape checked) before the VAE's minutes, not after; loading draws nothing from the RNGs.
+    frozen = load_frozen_text_encoder(cfg.frozen_text_encoder) if cfg.frozen_text_encoder else None
     vae = train_vae(cfg, rng)
-    unet, text_encoder, scheduler = train_unet(cfg, rng, vae, tokenizer)
+    unet, text_encoder, scheduler = train_unet(cfg, rng, vae, tokenizer, frozen_text_encoder=frozen)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
