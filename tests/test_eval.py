@@ -207,3 +207,23 @@ def test_eval_guidance_rescale_reaches_the_comparison_and_the_validation_grid(tm
                                                    guidance_scale=9.0, guidance_rescale=r)))
              for r in (0.0, 0.7)]
     assert grids[0].shape == grids[1].shape and np.abs(grids[0].astype(int) - grids[1].astype(int)).max() > 0
+
+
+def test_the_report_gives_each_seeds_win_rate():
+    """Cases that share a seed share the initial noise: an adapter that wins on one seed's cases and loses on the
+    other's has a case-level win rate of 50%, and the per-seed rates show the spread (100% and 0%)."""
+    from diffalign.evaluation.report import Report
+
+    prompts = [f"prompt {i}" for i in range(4)] * 2
+    seeds = [0] * 4 + [1] * 4
+    base = np.zeros(8)
+    tuned = np.array([1.0, 1.0, 1.0, 1.0, -1.0, -1.0, -1.0, -1.0])
+    partly = np.array([1.0, 0.0, np.nan, -1.0, 1.0, 1.0, 1.0, np.nan])  # NaN: not applicable, left out
+    report = Report(["base", "tuned", "partly"], prompts, seeds,
+                    {"base": {"s": base}, "tuned": {"s": tuned}, "partly": {"s": partly}}, {})
+    assert report.win_rates()["tuned"]["s"].rate == 0.5
+    by_seed = report.win_rates_by_seed()
+    assert by_seed["tuned"]["s"] == {0: 1.0, 1: 0.0}
+    assert by_seed["partly"]["s"] == {0: 0.5, 1: 1.0}  # seed 0: win, tie, loss; seed 1: three wins
+    assert report.to_dict()["win_rates_vs_base_by_seed"] == by_seed
+    assert "| s | 0.0% – 100.0% (2 seeds) | 50.0% – 100.0% (2 seeds) |" in report.to_markdown()

@@ -45,6 +45,26 @@ class Report:
                     out[m][s] = win_rate(values, base[s])
         return out
 
+    def win_rates_by_seed(self) -> dict[str, dict[str, dict[int, float]]]:
+        """Each adapter's win rate over the base, per score, on each seed's cases alone.
+
+        Every prompt sampled with one seed starts from the same initial noise (one generator per case, seeded with
+        the seed alone), so the cases that share a seed are not independent draws: an effect that holds for some
+        starting noises and not others shows as a spread here, which the case-level CI does not count."""
+        seeds = np.asarray(self.seeds)
+        base = self.scores[self.models[0]]
+        out = {}
+        for m, row in self.win_rates().items():
+            out[m] = {}
+            for s in row:
+                per_seed = {}
+                for seed in sorted(set(self.seeds)):
+                    a, b = self.scores[m][s][seeds == seed], base[s][seeds == seed]
+                    if (~(np.isnan(a) | np.isnan(b))).sum() >= 2:
+                        per_seed[int(seed)] = win_rate(a, b).rate
+                out[m][s] = per_seed
+        return out
+
     def to_dict(self) -> dict:
         clean = lambda x: None if isinstance(x, float) and math.isnan(x) else x  # noqa: E731  (JSON has no NaN)
         return {
@@ -53,6 +73,7 @@ class Report:
                         for m, row in self.summary().items()},
             "win_rates_vs_base": {m: {s: asdict(w) | {"n": w.n} for s, w in row.items()}
                                   for m, row in self.win_rates().items()},
+            "win_rates_vs_base_by_seed": self.win_rates_by_seed(),
             "cases": [{"prompt": p, "seed": s, **{f"{m}/{name}": clean(float(self.scores[m][name][i]))
                                                   for m in self.models for name in self.score_names}}
                       for i, (p, s) in enumerate(zip(self.prompts, self.seeds))],
@@ -79,6 +100,16 @@ class Report:
                          if s in w else "–" for w in wins.values()]
                 lines.append(f"| {s} | " + " | ".join(cells) + " |")
             lines += ["", "(wins/ties/losses in brackets)"]
+            by_seed = self.win_rates_by_seed()
+            if len(set(self.seeds)) > 1:
+                lines += ["", "## Win rate over base, seed by seed: lowest – highest", "",
+                          "Every prompt sampled with one seed starts from the same noise, so cases that share a seed "
+                          "are not independent; this spread is what the CI above does not count.", "",
+                          "| score | " + " | ".join(by_seed) + " |", "|---|" + "---|" * len(by_seed)]
+                for s in self.score_names:
+                    cells = [f"{min(r[s].values()):.1%} – {max(r[s].values()):.1%} ({len(r[s])} seeds)"
+                             if r.get(s) else "–" for r in by_seed.values()]
+                    lines.append(f"| {s} | " + " | ".join(cells) + " |")
         if self.files:
             lines += ["", "Files: " + ", ".join(f"{k}: `{Path(v).name}`" for k, v in self.files.items())]
         return "\n".join(lines) + "\n"

@@ -38,15 +38,23 @@ def compare_before_after(cfg, out_dir: str | Path) -> dict:
     wr = report.win_rates()[cfg.method][f"toy/{e.persona}"]
     fid = {m: report.summary()[m]["toy/fidelity"].mean for m in report.models}
     fid_win = report.win_rates()[cfg.method]["toy/fidelity"]
+    by_seed = report.win_rates_by_seed()[cfg.method]  # score -> {seed: rate}
+
+    def seed_range(score: str) -> str:
+        rates = by_seed[score].values()
+        return f"{min(rates):.0%}-{max(rates):.0%}" if len(rates) > 1 else "one seed"
     text = (f"Before/after on {len(report.prompts)} held-out `{e.prompt_set}` prompt x seed cases"
             f"{' (both models sampled with segment encoding)' if segments else ''}:\n"
             f"  win rate of {cfg.method} over base, persona '{e.persona}': {wr}\n"
             f"  fidelity: base {fid['base']:.1%} -> {cfg.method} {fid[cfg.method]:.1%} (win rate {fid_win})\n"
+            f"  win rates seed by seed (a seed's cases share one starting noise): persona "
+            f"{seed_range(f'toy/{e.persona}')}, fidelity {seed_range('toy/fidelity')}\n"
             f"  report: {report.files['markdown']}; grid: {report.files['grid']}")
     result = {"persona": e.persona, "prompt_set": e.prompt_set, "cases": len(report.prompts), "win_rate": wr.rate,
               "win_rate_ci": [wr.low, wr.high], "wins_ties_losses": [wr.wins, wr.ties, wr.losses],
               "fidelity_before": fid["base"], "fidelity_after": fid[cfg.method],
               "fidelity_win_rate": fid_win.rate, "fidelity_win_rate_ci": [fid_win.low, fid_win.high],
+              "win_rate_by_seed": by_seed[f"toy/{e.persona}"], "fidelity_win_rate_by_seed": by_seed["toy/fidelity"],
               "report": report.files["markdown"], "grid": report.files["grid"], "text": text}
     (out_dir / "comparison.json").write_text(json.dumps(result, indent=2))
     return result
