@@ -214,16 +214,24 @@ def test_the_report_gives_each_seeds_win_rate():
     other's has a case-level win rate of 50%, and the per-seed rates show the spread (100% and 0%)."""
     from diffalign.evaluation.report import Report
 
-    prompts = [f"prompt {i}" for i in range(4)] * 2
-    seeds = [0] * 4 + [1] * 4
+    prompts = [f"prompt {i // 2}" for i in range(8)]  # prompt-major, as toy.sampling.cases orders them
+    seeds = [0, 1] * 4
     base = np.zeros(8)
-    tuned = np.array([1.0, 1.0, 1.0, 1.0, -1.0, -1.0, -1.0, -1.0])
-    partly = np.array([1.0, 0.0, np.nan, -1.0, 1.0, 1.0, 1.0, np.nan])  # NaN: not applicable, left out
+    tuned = np.array([1.0, -1.0] * 4)
+    partly = np.array([1.0, 1.0, 0.0, 1.0, np.nan, 1.0, -1.0, np.nan])  # NaN: not applicable, left out
     report = Report(["base", "tuned", "partly"], prompts, seeds,
                     {"base": {"s": base}, "tuned": {"s": tuned}, "partly": {"s": partly}}, {})
     assert report.win_rates()["tuned"]["s"].rate == 0.5
     by_seed = report.win_rates_by_seed()
     assert by_seed["tuned"]["s"] == {0: 1.0, 1: 0.0}
     assert by_seed["partly"]["s"] == {0: 0.5, 1: 1.0}  # seed 0: win, tie, loss; seed 1: three wins
-    assert report.to_dict()["win_rates_vs_base_by_seed"] == by_seed
+    saved = json.loads(json.dumps(report.to_dict()))["win_rates_vs_base_by_seed"]  # as report.json holds it
+    assert saved == {"tuned": {"s": {"0": 1.0, "1": 0.0}}, "partly": {"s": {"0": 0.5, "1": 1.0}}}
     assert "| s | 0.0% – 100.0% (2 seeds) | 50.0% – 100.0% (2 seeds) |" in report.to_markdown()
+
+
+def test_the_comparisons_seed_line():
+    from diffalign.toy.compare import seed_range
+
+    assert seed_range({4: 0.36, 5: 0.61, 6: 0.5}) == "36%-61%"
+    assert seed_range({0: 0.5}) == "one seed" and seed_range({}) == "no seed with 2 cases"

@@ -107,7 +107,8 @@ class Report:
                           "are not independent; this spread is what the CI above does not count.", "",
                           "| score | " + " | ".join(by_seed) + " |", "|---|" + "---|" * len(by_seed)]
                 for s in self.score_names:
-                    cells = [f"{min(r[s].values()):.1%} – {max(r[s].values()):.1%} ({len(r[s])} seeds)"
+                    cells = [f"{min(r[s].values()):.1%} – {max(r[s].values()):.1%} ({len(r[s])} "
+                             f"seed{'s' if len(r[s]) > 1 else ''})"
                              if r.get(s) else "–" for r in by_seed.values()]
                     lines.append(f"| {s} | " + " | ".join(cells) + " |")
         if self.files:

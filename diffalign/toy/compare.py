@@ -26,6 +26,13 @@ def comparison_settings(cfg) -> SamplingSettings:
                             guidance_rescale=e.guidance_rescale, **segments)
 
 
+def seed_range(rates: dict[int, float]) -> str:
+    """"lowest-highest" of the per-seed win rates {seed: rate}."""
+    if len(rates) > 1:
+        return f"{min(rates.values()):.0%}-{max(rates.values()):.0%}"
+    return "one seed" if rates else "no seed with 2 cases"
+
+
 def compare_before_after(cfg, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     e = cfg.eval
@@ -39,16 +46,12 @@ def compare_before_after(cfg, out_dir: str | Path) -> dict:
     fid = {m: report.summary()[m]["toy/fidelity"].mean for m in report.models}
     fid_win = report.win_rates()[cfg.method]["toy/fidelity"]
     by_seed = report.win_rates_by_seed()[cfg.method]  # score -> {seed: rate}
-
-    def seed_range(score: str) -> str:
-        rates = by_seed[score].values()
-        return f"{min(rates):.0%}-{max(rates):.0%}" if len(rates) > 1 else "one seed"
     text = (f"Before/after on {len(report.prompts)} held-out `{e.prompt_set}` prompt x seed cases"
             f"{' (both models sampled with segment encoding)' if segments else ''}:\n"
             f"  win rate of {cfg.method} over base, persona '{e.persona}': {wr}\n"
             f"  fidelity: base {fid['base']:.1%} -> {cfg.method} {fid[cfg.method]:.1%} (win rate {fid_win})\n"
             f"  win rates seed by seed (a seed's cases share one starting noise): persona "
-            f"{seed_range(f'toy/{e.persona}')}, fidelity {seed_range('toy/fidelity')}\n"
+            f"{seed_range(by_seed[f'toy/{e.persona}'])}, fidelity {seed_range(by_seed['toy/fidelity'])}\n"
             f"  report: {report.files['markdown']}; grid: {report.files['grid']}")
     result = {"persona": e.persona, "prompt_set": e.prompt_set, "cases": len(report.prompts), "win_rate": wr.rate,
               "win_rate_ci": [wr.low, wr.high], "wins_ties_losses": [wr.wins, wr.ties, wr.losses],
