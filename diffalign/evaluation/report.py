@@ -100,8 +100,8 @@ class Report:
                          if s in w else "–" for w in wins.values()]
                 lines.append(f"| {s} | " + " | ".join(cells) + " |")
             lines += ["", "(wins/ties/losses in brackets)"]
-            by_seed = self.win_rates_by_seed()
             if len(set(self.seeds)) > 1:
+                by_seed = self.win_rates_by_seed()
                 lines += ["", "## Win rate over base, seed by seed: lowest – highest", "",
                           "Every prompt sampled with one seed starts from the same noise, so cases that share a seed "
                           "are not independent; this spread is what the CI above does not count.", "",
