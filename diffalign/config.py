@@ -335,6 +335,12 @@ def validate(cfg: Config, given: dict | None = None, overridden: set[str] = froz
         if d.cache_encodings:
             raise ConfigError(f"data.cache_encodings with {key}: the text states change as the text encoder "
                               "trains, so they cannot be cached; turn one of them off")
+    segments = getattr(objective, "text_encoding", None) == "segments"
+    if segments and getattr(objective, "step_kind", "denoising") == "denoising" and \
+            (d.cache_encodings or cfg.lora.text_encoder or t.text_encoder):
+        raise ConfigError(f"objective.text_encoding: segments encodes each caption's sentences with the frozen text "
+                          f"encoder at every step; it works neither with data.cache_encodings nor with a trained text "
+                          f"encoder (lora.text_encoder / train.text_encoder)")
     if not 0 <= t.empty_prompt_anchor < math.inf:
         raise ConfigError(f"train.empty_prompt_anchor must be a finite number >= 0; got {t.empty_prompt_anchor}")
     if t.empty_prompt_anchor and not (cfg.lora.text_encoder or t.text_encoder):
@@ -380,8 +386,9 @@ _SETTINGS_IN_USE = [
     ("data", "perturber_model", "caption-pair methods (tdpo, tkto)", "method",
      lambda cfg, o: o.pair_axis == "captions"),
     ("data", "drop_ties", "image-pair methods (dpo, mapo, inpo)", "method", lambda cfg, o: o.pair_axis == "images"),
-    ("data", "caption_dropout", "methods trained on images (not reward fine-tuning)", "method",
-     lambda cfg, o: o.pair_axis != "prompts"),
+    # TPO perturbs the true caption and SoftREPA contrasts every caption: neither trains on empty ones.
+    ("data", "caption_dropout", "methods trained on images under their own caption (dpo, mapo, inpo, kto, ppd, sft)",
+     "method", lambda cfg, o: o.pair_axis in ("images", "single", "captioned")),
     ("data", "cache_encodings", "methods trained on images (not reward fine-tuning)", "method",
      lambda cfg, o: o.pair_axis != "prompts"),
     ("data", "random_crop", "methods trained on images (not reward fine-tuning)", "method",

@@ -31,6 +31,7 @@ from diffalign.checkpointing import BrokenCheckpoint, resume as resume_from, sav
 from diffalign.config import Config, ConfigError, load_config
 from diffalign.core.step import TrainStep
 from diffalign.data.factory import build_training_data
+from diffalign.models.segment_encoding import encoder_pairs
 from diffalign.models.conditioning import conditioner_for
 from diffalign.models.loading import (cast_frozen_weights, freeze_encoders, load_sd_components, load_tokenizer,
                                      pipeline_class)
@@ -286,8 +287,10 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             parts.vae.enable_gradient_checkpointing()
         step_fn = make_reward_step(objective, parts, accelerator, cfg.data.resolution)
     else:
+        segments = getattr(objective, "text_encoding", "truncate") == "segments"  # SFT on segment-encoded text
         step_fn = TrainStep(objective, parts.vae, conditioner_for(parts), parts.noise_scheduler, reference,
-                            accelerator, cache, user_adapter, trained_text, cfg.train.timestep_range)
+                            accelerator, cache, user_adapter, trained_text, cfg.train.timestep_range,
+                            segment_encoders=encoder_pairs(parts) if segments else None)
         if cfg.train.empty_prompt_anchor:  # before resume_from below: it records the starting encoder's states
             from diffalign.data.examples import token_ids
 

@@ -21,6 +21,7 @@ import torch
 
 from ..data.encoding_cache import EncodingCache, FrozenEncoders
 from ..models.conditioning import cast_floats, take_rows
+from ..models.segment_encoding import encode_prompts
 from ..objectives.base import Objective
 from .errors import per_sample_errors, target_for
 from .inversion import ddim_inversion_latents
@@ -31,7 +32,7 @@ from .reference import reference_unet
 class TrainStep:
     def __init__(self, objective: Objective, vae, text, noise_scheduler, frozen_reference, accelerator,
                  cache: EncodingCache | None = None, user_adapter=None, trained_text=None,
-                 timestep_range: tuple[int, int] | None = None):
+                 timestep_range: tuple[int, int] | None = None, segment_encoders: list[tuple] | None = None):
         """``text``: the text encoder (SD) or a conditioner (models/conditioning.py: SD or SDXL).
         ``cache``: frozen-encoder outputs on disk (data.encoding_cache); the encoders run only on misses.
         ``user_adapter``: PPD's (models/user_attention.py); the batch then holds ``user_embedding`` [U, E], one per
@@ -39,9 +40,16 @@ class TrainStep:
         ``trained_text``: text encoder(s) that train, a LoRA (models/lora.TextEncoderLora) or full weights
         (models/text_encoder_full.FullTextEncoders): the policy's text states are then computed with gradient, and
         the reference's by its ``encode(..., reference=True)`` (the adapters off, or a frozen starting copy).
-        ``timestep_range``: [low, high) of the training timesteps (train.timestep_range; None = all)."""
+        ``timestep_range``: [low, high) of the training timesteps (train.timestep_range; None = all).
+        ``segment_encoders``: [(tokenizer, frozen text encoder)] (models/segment_encoding.encoder_pairs), needed when
+        the objective's ``text_encoding`` is "segments": the text states then come from the batch's ``captions``
+        encoded sentence by sentence ([U, max_text_length, D]) instead of from its 77 ids."""
         if trained_text is not None and cache is not None:
             raise ValueError("a trained text encoder's states cannot come from the encoding cache")
+        self.segments = getattr(objective, "text_encoding", "truncate") == "segments"
+        if self.segments and (segment_encoders is None or cache is not None or trained_text is not None):
+            raise ValueError("segment encoding needs segment_encoders and frozen, uncached text encoders")
+        self.segment_encoders = segment_encoders
         self.user_adapter, self.trained_text, self.timestep_range = user_adapter, trained_text, timestep_range
         self.empty_ids, self.empty_start, self.empty_prompt_weight = None, (), 0.0  # anchor_empty_prompt sets them
         self.objective, self.vae = objective, vae
@@ -112,7 +120,10 @@ class TrainStep:
         the policy's with gradient, or the reference's (``reference=True``); the caller picks the grad mode.
         """
         device = self.accelerator.device
-        if self.trained_text is None:
+        if self.segments:  # [U, max_text_length, D] (and SDXL's pooled [U, P]), from the captions' text
+            states, pooled = encode_prompts(batch["captions"], self.segment_encoders, self.objective.max_text_length)
+            encoded = (states.to(device),) if pooled is None else (states.to(device), pooled.to(device))
+        elif self.trained_text is None:
             encoded = self.encoders.text(batch["input_ids"])  # (states [U, 77, D],) or SDXL (+ pooled [U, P])
         else:
             encoded = self.trained_text.encode(self.conditioner, batch["input_ids"], reference)

@@ -1,8 +1,11 @@
-"""Captioned images for TPO (TDPO/TKTO): each image x with its true caption c_w and a perturbed caption c_l.
+"""Captioned images: for TPO (TDPO/TKTO), SoftREPA and supervised fine-tuning (SFT).
 
-The perturbed caption comes from a ``negative_caption`` column when the table has one, else from the perturber,
-seeded per (run seed, epoch, row) — so each epoch sees a fresh, reproducible mismatch. Rows: (x_i | c_w_i) for all
-i, then (x_i | c_l_i); both rows of an image share its noise group (the same eps and t), labels 1 then 0.
+TPO: each image x with its true caption c_w and a perturbed caption c_l. The perturbed caption comes from a
+``negative_caption`` column when the table has one, else from the perturber, seeded per (run seed, epoch, row) — so
+each epoch sees a fresh, reproducible mismatch. Rows: (x_i | c_w_i) for all i, then (x_i | c_l_i); both rows of an
+image share its noise group (the same eps and t), labels 1 then 0.
+SFT: one row per image under its caption, replaced by the empty caption with probability data.caption_dropout;
+the caption's text travels with its ids (segment encoding reads the text, not 77 ids).
 """
 
 from __future__ import annotations
@@ -18,12 +21,16 @@ CAPTIONED_COLUMNS = ["caption", "image"]
 
 
 class CaptionedImages(TableExamples):
-    def __init__(self, cfg: DataConfig, tokenizer, seed: int = 0, perturber=None, negatives: bool = True):
+    def __init__(self, cfg: DataConfig, tokenizer, seed: int = 0, perturber=None, negatives: bool = True,
+                 caption_dropout: bool = False):
         """``negatives``: give each image a perturbed caption (TPO); SoftREPA pairs images with the other
-        captions of the batch instead, so it neither builds nor checks one."""
+        captions of the batch instead, so it neither builds nor checks one. ``caption_dropout``: apply
+        data.caption_dropout (SFT; TPO and SoftREPA need every caption)."""
+        if negatives and caption_dropout:
+            raise ValueError("caption pairs (TPO) need the true caption to perturb: no caption dropout with them")
         table = self.open(cfg, CAPTIONED_COLUMNS)
         super().__init__(cfg, tokenizer, seed, table, np.arange(len(table)))
-        self.negatives = negatives
+        self.negatives, self.caption_dropout = negatives, caption_dropout
         self.given_negatives = "negative_caption" in table.column_names
         self.perturber = perturber or RulePerturber(tuple(cfg.perturb_axes))
 
@@ -38,13 +45,17 @@ class CaptionedImages(TableExamples):
 
     def load(self, i: int) -> dict:
         row, record, where, seed, rng = self.example(i)
-        caption = record["caption"]
-        if not isinstance(caption, str) or not caption.strip():
-            raise BadSample(f"{where} column caption: TPO needs a non-empty caption to perturb; got {caption!r}")
+        if self.caption_dropout:
+            caption = self.caption_or_empty(record, rng, where)
+        else:
+            caption = record["caption"]
+            if not isinstance(caption, str) or not caption.strip():
+                raise BadSample(f"{where} column caption: a non-empty caption is needed; got {caption!r}")
         image = self.image(record, "image", where)
         pixels, meta = paired_transform([image], self.cfg.resolution, self.cfg.random_crop, self.cfg.random_flip,
                                         rng)
-        example = {"pixels": pixels[0], "image_meta": meta[0], "input_ids": self.tokenize(caption), "seed": seed}
+        example = {"pixels": pixels[0], "image_meta": meta[0], "input_ids": self.tokenize(caption), "seed": seed,
+                   "caption": caption}
         if self.negatives:
             example["negative_ids"] = self.tokenize(self.negative(caption, record, rng, where))
         return example
@@ -79,3 +90,17 @@ def collate_all_combinations(examples: list[dict]) -> dict:
             "seeds": torch.tensor([examples[0]["seed"]], dtype=torch.int64),
             "row_image": torch.arange(b).repeat_interleave(b), "row_text": torch.arange(b).repeat(b),
             "row_group": torch.zeros(b * b, dtype=torch.long)}
+
+
+def collate_captioned(examples: list[dict]) -> dict:
+    """-> rows layout (core.step) for SFT: row i = (x_i | c_i) in noise group i; ``captions`` [B] their text."""
+    examples, skipped = without_skipped(examples)
+    if not examples:
+        return {"rows": 0, "skipped": skipped}
+    b = len(examples)
+    return {"skipped": skipped, "pixels": torch.stack([e["pixels"] for e in examples]),
+            "image_meta": torch.stack([e["image_meta"] for e in examples]), "image_group": torch.arange(b),
+            "input_ids": torch.stack([e["input_ids"] for e in examples]),
+            "captions": [e["caption"] for e in examples],
+            "seeds": torch.tensor([e["seed"] for e in examples], dtype=torch.int64),
+            "row_image": torch.arange(b), "row_text": torch.arange(b), "row_group": torch.arange(b)}

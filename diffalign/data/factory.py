@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import DataConfig
-from .captioned import CaptionedImages, collate_all_combinations, collate_caption_pairs
+from .captioned import CaptionedImages, collate_all_combinations, collate_caption_pairs, collate_captioned
 from .feedback import FeedbackImages, collate_singles
 from .pairs import PreferencePairs, collate_pairs
 from .prompts import TrainingPrompts, collate_prompts
@@ -35,6 +35,9 @@ def build_training_data(cfg: DataConfig, pair_axis: str, tokenizer, seed: int, e
         dataset, collate = CaptionedImages(cfg, tokenizer, seed, perturber), collate_caption_pairs
     elif pair_axis == "batch":  # SoftREPA: captioned images, each against every caption of its batch
         dataset, collate = CaptionedImages(cfg, tokenizer, seed, negatives=False), collate_all_combinations
+    elif pair_axis == "captioned":  # supervised fine-tuning: each image under its own caption
+        dataset = CaptionedImages(cfg, tokenizer, seed, negatives=False, caption_dropout=True)
+        collate = collate_captioned
     elif pair_axis == "prompts":  # reward fine-tuning (LongAlign): prompts; the policy makes the images
         dataset, collate = TrainingPrompts(cfg, tokenizer, seed), collate_prompts
     else:

@@ -23,6 +23,15 @@ import torch
 
 SEGMENT_END = re.compile(r"(?<=[.?!;])")
 DEFAULT_MAX_LENGTH = 240
+TEXT_ENCODINGS = ("segments", "truncate")  # an objective's ``text_encoding``: LongAlign's, or CLIP's 77-token window
+
+
+def check_text_encoding(text_encoding: str, max_text_length: int) -> None:
+    """ValueError naming the option when an objective's ``text_encoding`` / ``max_text_length`` is not usable."""
+    if text_encoding not in TEXT_ENCODINGS:
+        raise ValueError(f"text_encoding: expected one of {TEXT_ENCODINGS}; got {text_encoding!r}")
+    if int(max_text_length) < 1:
+        raise ValueError(f"max_text_length must be >= 1; got {max_text_length}")
 
 
 def split_segments(prompt: str) -> list[str]:

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from ..models.segment_encoding import DEFAULT_MAX_LENGTH
+from ..models.segment_encoding import DEFAULT_MAX_LENGTH, check_text_encoding
 from .base import Objective, register
-
-TEXT_ENCODINGS = ("segments", "truncate")
 
 
 def segment_length_for_sampling(objective_options: dict) -> int | None:
@@ -48,13 +46,10 @@ class LongAlign(Objective):
 
         if reward_backbone not in BACKBONES:  # checked here, before any diffusion weights load
             raise ValueError(f"reward_backbone: expected one of {BACKBONES}; got {reward_backbone!r}")
-        if text_encoding not in TEXT_ENCODINGS:
-            raise ValueError(f"text_encoding: expected one of {TEXT_ENCODINGS}; got {text_encoding!r}")
+        check_text_encoding(text_encoding, max_text_length)
         if int(num_inference_steps) < 1 or int(grad_every) < 1:
             raise ValueError(f"num_inference_steps and grad_every must be >= 1; got {num_inference_steps}, "
                              f"{grad_every}")
-        if int(max_text_length) < 1:
-            raise ValueError(f"max_text_length must be >= 1; got {max_text_length}")
         self.reward_backbone, self.reward_model, self.omega = reward_backbone, reward_model, float(omega)
         self.num_inference_steps, self.guidance_scale = int(num_inference_steps), float(guidance_scale)
         self.grad_every, self.text_encoding, self.max_text_length = int(grad_every), text_encoding, int(max_text_length)
