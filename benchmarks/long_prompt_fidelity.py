@@ -1,11 +1,14 @@
-"""Segment encoding (LongAlign) vs CLIP's 77-token truncation on the toy world's long captions, base model only.
+"""Segment encoding (LongAlign) vs CLIP's 77-token truncation on the toy world's long captions.
 
-    python benchmarks/long_prompt_fidelity.py [--model assets/toy-sd] [--seeds 4] [--out outputs/long-prompts]
+    python benchmarks/long_prompt_fidelity.py [--model assets/toy-sd] [--lora DIR] [--seeds 4] [--out outputs/long-prompts]
 
 Samples the held-out ``toy:long`` captions (5-6 objects, most over 77 tokens) with both text encodings, the same
 seeds, and scores fidelity with the toy judge. Reports each encoding's mean fidelity with its 95% CI and the
 paired win rate of segments over truncation (ties ½), overall and on the captions over 77 tokens, and writes
-JSON beside the two evaluation reports.
+JSON beside the two evaluation reports. ``--lora DIR``: also a LoRA adapted to segment encoding (``--method sft``
+with ``text_encoding: segments``, LongAlign's first stage), sampled both ways; its segment-encoded images are
+compared with the base model's truncated ones (what the adaptation and the encoding gain together) and with its
+own truncated ones (what the encoding gains on the adapted model).
 """
 
 from __future__ import annotations
@@ -31,12 +34,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(TOY_SD))
     parser.add_argument("--seeds", type=int, default=4, help="seeds per prompt")
+    parser.add_argument("--lora", help="a LoRA folder adapted to segment encoding (--method sft)")
     parser.add_argument("--max-text-length", type=int, default=240)
     parser.add_argument("--out", default="outputs/long-prompts")
     args = parser.parse_args()
     reports = {}
     for encoding in ("clip", "segments"):
-        reports[encoding] = evaluate(args.model, prompts="toy:long", scorers=["toy"], seeds_per_prompt=args.seeds,
+        reports[encoding] = evaluate(args.model, adapters=[f"adapted={args.lora}"] if args.lora else (),
+                                     prompts="toy:long", scorers=["toy"], seeds_per_prompt=args.seeds,
                                      output_dir=Path(args.out) / encoding,
                                      settings=SamplingSettings(text_encoding=encoding,
                                                                max_text_length=args.max_text_length))
@@ -48,6 +53,13 @@ def main() -> None:
               "fidelity_clip": asdict(mean_ci(clip)), "fidelity_segments": asdict(mean_ci(seg)),
               "win_rate_segments_over_clip": asdict(win_rate(seg, clip)),
               "win_rate_segments_over_clip_over_77": asdict(win_rate(seg[over], clip[over]))}
+    if args.lora:
+        a_clip, a_seg = (reports[e].scores["adapted"]["toy/fidelity"] for e in ("clip", "segments"))
+        result.update({"lora": args.lora, "adapted_fidelity_clip": asdict(mean_ci(a_clip)),
+                       "adapted_fidelity_segments": asdict(mean_ci(a_seg)),
+                       "win_rate_adapted_segments_over_base_clip": asdict(win_rate(a_seg, clip)),
+                       "win_rate_adapted_segments_over_base_clip_over_77": asdict(win_rate(a_seg[over], clip[over])),
+                       "win_rate_adapted_segments_over_adapted_clip": asdict(win_rate(a_seg, a_clip))})
     Path(args.out, "comparison.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
