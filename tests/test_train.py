@@ -41,10 +41,13 @@ def test_training_changes_lora_weights_and_writes_outputs(tmp_path, method):
         assert abs(first["loss"] - 0.5) < 1e-6 and first["z0"] == 0.0
 
 
-def test_lora_reloads_in_diffusers_with_the_same_images(tmp_path):
+@pytest.mark.parametrize("targets", [["to_q", "to_k", "to_v", "to_out.0"],
+                                     # proj_in's keys sort before the attention's: diffusers reads the first key's format
+                                     ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "conv1", "ff.net.0.proj"]])
+def test_lora_reloads_in_diffusers_with_the_same_images(tmp_path, targets):
     pipe = StableDiffusionPipeline.from_pretrained(TOY_SD)
     torch.manual_seed(0)
-    attach_lora(pipe.unet, rank=4, alpha=16.0, target_modules=["to_q", "to_k", "to_v", "to_out.0"])  # alpha != rank
+    attach_lora(pipe.unet, rank=4, alpha=16.0, target_modules=targets)  # alpha != rank
     with torch.no_grad():
         for name, p in pipe.unet.named_parameters():
             if "lora_B" in name:

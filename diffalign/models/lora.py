@@ -91,7 +91,13 @@ def save_lora(unet, out_dir: str | Path, pipeline_cls=StableDiffusionPipeline, i
 
     Without the metadata a LoRA whose alpha differs from its rank reloads with the wrong scale.
     """
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    peft_layers = get_peft_model_state_dict(unet)
+    layers = convert_state_dict_to_diffusers(peft_layers)
+    if any(".lora_A." in k or ".lora_B." in k for k in layers):
+        # diffusers renames only the attention projections (to_q/k/v/out.0); with other targets (conv1, ff.net.0.proj,
+        # proj_in...) the dict would mix two formats, and load_lora_weights picks the format from the first key
+        # alone, silently dropping the other kind. Such a LoRA is saved all in PEFT's format, which it loads as is.
+        layers = peft_layers
     extra = {}
     if text_lora is not None:
         for name, encoder in zip(TEXT_ENCODER_NAMES, text_lora.text_encoders):
