@@ -19,6 +19,12 @@ def write_model_card(cfg, summary: dict, out_dir: str | Path) -> Path:
             "pipe.load_user_adapter(\"<this folder>\")  # then pipe(prompt, user_examples=[UserExample(...), ...])"
             if "user_adapter" in summary else "pipe.load_lora_weights(\"<this folder>\")" if cfg.lora.enabled
             else "pipe.unet = UNet2DConditionModel.from_pretrained(\"<this folder>/unet\")")
+    from .objectives.longalign import segment_length_for_sampling
+
+    segment_rows = segment_length_for_sampling(cfg.method, cfg.objective)
+    if segment_rows is not None:  # trained on segment-encoded prompts (LongAlign, sft): sample them the same way
+        load += (f"\n    from pipelines.long_prompt_sd import as_long_prompt_pipeline  # this repository's pipelines/"
+                 f"\n    pipe = as_long_prompt_pipeline(pipe, {segment_rows})  # segment encoding, as it trained")
     imports = pipeline + (", UNet2DConditionModel" if "unet" in summary else "")  # a full fine-tune's UNet class
     for folder in summary.get("text_encoders", []):  # a full fine-tune that trained the text encoder(s) too
         name = Path(folder).name
@@ -26,7 +32,7 @@ def write_model_card(cfg, summary: dict, out_dir: str | Path) -> Path:
     text = f"""---
 base_model: {cfg.model.pretrained}
 library_name: diffusers
-tags: [diffalign, {cfg.method}, text-to-image, preference-alignment]
+tags: [diffalign, {cfg.method}, text-to-image{"" if cfg.method == "sft" else ", preference-alignment"}]
 ---
 # {cfg.method} on {cfg.model.pretrained}
 

@@ -494,7 +494,7 @@ def _validate(cfg: Config, parts, unet, out: Path, step: int) -> None:
     if prompts:
         validation_grid(parts, unet, prompts, out / "validation" / f"step_{step:06d}.png", cfg.model.pretrained,
                         num_inference_steps=cfg.eval.num_inference_steps, guidance_scale=cfg.eval.guidance_scale,
-                        max_text_length=segment_length_for_sampling(cfg.objective),  # as it trained
+                        max_text_length=segment_length_for_sampling(cfg.method, cfg.objective),  # as it trained
                         guidance_rescale=cfg.eval.guidance_rescale)
 
 

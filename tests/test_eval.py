@@ -198,6 +198,11 @@ def test_eval_guidance_rescale_reaches_the_comparison_and_the_validation_grid(tm
     segments = comparison_settings(load_config(REPO_ROOT / "configs/toy/longalign.yaml", [
         ("objective.text_encoding", "segments"), ("eval.guidance_rescale", "0.5")]))
     assert segments.text_encoding == "segments" and segments.guidance_rescale == 0.5
+    # a LongAlign config that leaves text_encoding out trains with its default, segments, and samples so too
+    default = load_config(REPO_ROOT / "configs/toy/longalign.yaml")
+    default.objective.pop("text_encoding")
+    assert comparison_settings(default).text_encoding == "segments"
+    assert comparison_settings(load_config(REPO_ROOT / "configs/toy/sft.yaml")).max_text_length == 240
     with pytest.raises(ConfigError, match=r"eval.guidance_rescale must lie in \[0, 1\]"):
         load_config(REPO_ROOT / "configs/toy/dpo.yaml", [("eval.guidance_rescale", "1.5")])
 

@@ -15,18 +15,29 @@ prompt more than to please the scorer in general. No reference model; the LoRA i
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from ..models.segment_encoding import DEFAULT_MAX_LENGTH, check_text_encoding
 from .base import Objective, register
 
 
-def segment_length_for_sampling(objective_options: dict) -> int | None:
+def segment_length_for_sampling(method: str, objective_options: dict) -> int | None:
     """Rows of segment-encoded text a run's images should be sampled with (its ``max_text_length``) when it trained
-    on segment encoding (``text_encoding: segments``); None: the pipeline's own 77-token encoding."""
-    if objective_options.get("text_encoding") != "segments":
+    on segment encoding (``text_encoding: segments``, given or the method's default, as LongAlign's); None: the
+    pipeline's own 77-token encoding."""
+    from .base import REGISTRY
+
+    defaults = inspect.signature(REGISTRY[method].__init__).parameters if method in REGISTRY else {}
+
+    def option(name: str, fallback):
+        given = objective_options.get(name)
+        return given if given is not None else defaults[name].default if name in defaults else fallback
+
+    if option("text_encoding", None) != "segments":
         return None
-    return int(objective_options.get("max_text_length", DEFAULT_MAX_LENGTH))
+    return int(option("max_text_length", DEFAULT_MAX_LENGTH))
 
 
 @register

@@ -20,7 +20,7 @@ def comparison_settings(cfg) -> SamplingSettings:
     prompts (LongAlign, text_encoding: segments) is sampled the way it trained; the base then gets the same
     encoding, so the comparison measures the LoRA and nothing else."""
     e = cfg.eval
-    segment_length = segment_length_for_sampling(cfg.objective)
+    segment_length = segment_length_for_sampling(cfg.method, cfg.objective)
     segments = {} if segment_length is None else {"text_encoding": "segments", "max_text_length": segment_length}
     return SamplingSettings(num_inference_steps=e.num_inference_steps, guidance_scale=e.guidance_scale,
                             guidance_rescale=e.guidance_rescale, **segments)
