@@ -65,18 +65,19 @@ def filler_vector(tokenizer, encoder, penultimate: bool = False) -> torch.Tensor
 
 @torch.no_grad()
 def encode_segments(prompt: str, encoders: list[tuple], max_length: int = DEFAULT_MAX_LENGTH,
-                    penultimate: bool | None = None, start_tokens: str = "all"
+                    penultimate: bool | None = None, start_tokens: str = "all", fillers: list | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor | None, SegmentInfo]:
     """-> (states [max_length, sum of D], pooled [P] or None, info).
 
     ``encoders``: [(tokenizer, text_encoder)] (SD) or two pairs (SDXL). ``penultimate``: use the penultimate hidden
     states (default: True when there are two encoders, as SDXL). ``start_tokens``: "all" keeps every segment's
-    start token (the paper), "first" only the first segment's.
+    start token (the paper), "first" only the first segment's. ``fillers``: each encoder's ``filler_vector``
+    when the caller has it already (it encodes the empty prompt once for many prompts); None computes them.
     """
     penultimate = len(encoders) > 1 if penultimate is None else penultimate
     segments = split_segments(prompt)
     per_encoder, pooled_all, info = [], [], None
-    for tokenizer, encoder in encoders:
+    for k, (tokenizer, encoder) in enumerate(encoders):
         window = tokenizer.model_max_length
         tokens = tokenizer(segments, padding="max_length", max_length=window, truncation=True, return_tensors="pt")
         lengths = tokens.attention_mask.sum(dim=1).tolist()  # start + content + end, per segment
@@ -85,7 +86,7 @@ def encode_segments(prompt: str, encoders: list[tuple], max_length: int = DEFAUL
         first_row = [0 if i == 0 or start_tokens == "all" else 1 for i in range(len(lengths))]
         kept = torch.cat([states[i, first_row[i]: n - 1] for i, n in enumerate(lengths)])  # no end, no pad
         rows = len(kept)
-        filler = filler_vector(tokenizer, encoder, penultimate).to(kept.dtype)
+        filler = (fillers[k] if fillers is not None else filler_vector(tokenizer, encoder, penultimate)).to(kept.dtype)
         if rows < max_length:
             kept = torch.cat([kept, filler.expand(max_length - rows, -1)])
         per_encoder.append(kept[:max_length])
@@ -108,7 +109,9 @@ def encoder_pairs(components) -> list[tuple]:
 def encode_prompts(prompts: list[str], encoders: list[tuple], max_length: int = DEFAULT_MAX_LENGTH,
                    start_tokens: str = "all"):
     """[N, max_length, D] states (and [N, P] pooled or None) of N prompts."""
-    results = [encode_segments(p, encoders, max_length, start_tokens=start_tokens) for p in prompts]
+    penultimate = len(encoders) > 1
+    fillers = [filler_vector(tokenizer, encoder, penultimate) for tokenizer, encoder in encoders]  # once, not per prompt
+    results = [encode_segments(p, encoders, max_length, start_tokens=start_tokens, fillers=fillers) for p in prompts]
     states = torch.stack([r[0] for r in results])
     pooled = torch.stack([r[1] for r in results]) if results[0][1] is not None else None
     return states, pooled
