@@ -44,6 +44,14 @@ def test_caption_methods_raise_fidelity(tmp_path, method):
     assert result["cases"] >= 200 and result["fidelity_win_rate_ci"][0] > 0.5, result["text"]
 
 
+@pytest.mark.slow
+def test_sft_adapts_the_base_to_segment_encoded_long_captions(tmp_path):
+    """LongAlign's first stage: both models sampled with segment encoding, the adapted one follows it better. (It
+    does not beat the base model's 77-token truncation: benchmarks/long_prompt_fidelity.py --lora, README.)"""
+    result = _run(tmp_path, "sft")
+    assert result["cases"] >= 200 and result["fidelity_win_rate_ci"][0] > 0.5, result["text"]
+
+
 @pytest.fixture(scope="module")
 def ppd_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ppd")

@@ -41,8 +41,8 @@ def test_one_row_per_image_under_its_own_caption_some_dropped_reproducibly():
     empty = [e["caption"] == "" for e in examples]
     assert 30 <= sum(empty) <= 90  # about 30% of 200
     assert [e["caption"] for e in examples] == [_dataset(0.3)[i]["caption"] for i in range(200)]  # seeded per row
-    kept = next(e for e, dropped in zip(examples, empty) if not dropped)
-    assert kept["caption"] == data.table[0]["caption"] or len(kept["caption"]) > 100  # the verbose long caption
+    for i, e in enumerate(examples):  # each image with its own row's caption (or the empty one)
+        assert e["caption"] in ("", data.table[int(data.rows[i])]["caption"])
     batch = collate_captioned(examples[:4])
     assert batch["row_image"].tolist() == batch["row_text"].tolist() == batch["row_group"].tolist() == [0, 1, 2, 3]
     assert batch["captions"] == [e["caption"] for e in examples[:4]] and batch["input_ids"].shape == (4, 77)
@@ -74,6 +74,8 @@ def test_training_reads_each_caption_sentence_by_sentence(tmp_path, step_spy):
     assert summary["steps"] == 2 and summary["first_metrics"]["denoising_error"] > 0
     lora_b = [v for k, v in load_file(tmp_path / LORA_FILE).items() if "lora_B" in k or "lora.up" in k]
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: nonzero means it trained
+    card = (tmp_path / "README.md").read_text()  # tells users to sample it the way it trained
+    assert "as_long_prompt_pipeline(pipe, 240)" in card and "preference-alignment" not in card
     batch, step = step_spy["batch"], step_spy["step"]
     text, _ = step._text_rows(batch)
     assert text.shape[:2] == (4, 240)  # max_text_length rows, not 77

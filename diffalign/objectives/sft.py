@@ -7,8 +7,8 @@ errors that every objective here is built on). It is how a text-to-image model l
 conditioning, and in this package it is LongAlign's first stage (Liu et al., ICLR 2025; the authors' ``align``
 run): the UNet learns to read segment-encoded long prompts (``text_encoding: segments``,
 models/segment_encoding.py) on long-caption images, a LoRA at lr 3e-5 with 10% empty captions
-(data.caption_dropout), before the reward stage (``--method longalign``) starts from it. With the default
-``truncate`` it is plain supervised fine-tuning through CLIP's 77-token window.
+(data.caption_dropout), before the reward stage (``--method longalign``, run on the base with this LoRA fused).
+With the default ``truncate`` it is plain supervised fine-tuning through CLIP's 77-token window.
 """
 
 from __future__ import annotations
