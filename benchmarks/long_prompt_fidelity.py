@@ -1,6 +1,7 @@
 """Segment encoding (LongAlign) vs CLIP's 77-token truncation on the toy world's long captions.
 
-    python benchmarks/long_prompt_fidelity.py [--model assets/toy-sd] [--lora DIR] [--seeds 4] [--out outputs/long-prompts]
+    python benchmarks/long_prompt_fidelity.py [--model assets/toy-sd] [--lora DIR] [--seeds 4] [--first-seed 0]
+        [--out outputs/long-prompts]
 
 Samples the held-out ``toy:long`` captions (5-6 objects, most over 77 tokens) with both text encodings, the same
 seeds, and scores fidelity with the toy judge. Reports each encoding's mean fidelity with its 95% CI and the
@@ -34,6 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(TOY_SD))
     parser.add_argument("--seeds", type=int, default=4, help="seeds per prompt")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--lora", help="a LoRA folder adapted to segment encoding (--method sft)")
     parser.add_argument("--max-text-length", type=int, default=240)
     parser.add_argument("--out", default="outputs/long-prompts")
@@ -42,6 +44,7 @@ def main() -> None:
     for encoding in ("clip", "segments"):
         reports[encoding] = evaluate(args.model, adapters=[f"adapted={args.lora}"] if args.lora else (),
                                      prompts="toy:long", scorers=["toy"], seeds_per_prompt=args.seeds,
+                                     first_seed=args.first_seed,
                                      output_dir=Path(args.out) / encoding,
                                      settings=SamplingSettings(text_encoding=encoding,
                                                                max_text_length=args.max_text_length))
