@@ -202,7 +202,8 @@ def test_eval_guidance_rescale_reaches_the_comparison_and_the_validation_grid(tm
     default = load_config(REPO_ROOT / "configs/toy/longalign.yaml")
     default.objective.pop("text_encoding")
     assert comparison_settings(default).text_encoding == "segments"
-    assert comparison_settings(load_config(REPO_ROOT / "configs/toy/sft.yaml")).max_text_length == 240
+    sft = comparison_settings(load_config(REPO_ROOT / "configs/toy/sft.yaml", [("objective.max_text_length", "100")]))
+    assert sft.text_encoding == "segments" and sft.max_text_length == 100  # sampled as it trained
     with pytest.raises(ConfigError, match=r"eval.guidance_rescale must lie in \[0, 1\]"):
         load_config(REPO_ROOT / "configs/toy/dpo.yaml", [("eval.guidance_rescale", "1.5")])
 
