@@ -90,9 +90,11 @@ def test_the_text_encoder_adapter_trains_and_the_reference_reads_the_base_text_e
     torch.testing.assert_close(recorded["ref"], expected_errors, rtol=1e-5, atol=1e-7)
 
 
-def test_the_export_loads_in_diffusers_with_the_trainers_text_states(tmp_path, step_spy):
+@pytest.mark.parametrize("targets", [None, "[fc1, fc2]"])  # the default attention projections; the MLP alone
+def test_the_export_loads_in_diffusers_with_the_trainers_text_states(tmp_path, step_spy, targets):
     seen = step_spy
-    train(_cfg(tmp_path, extra=[("train.lr", "1e-2")]))
+    chosen = [("lora.text_encoder_target_modules", targets)] if targets else []
+    train(_cfg(tmp_path, extra=[("train.lr", "1e-2")] + chosen))
     ids = _ids(["a large red circle on the left", "a small blue square on a sky background"])
     with torch.no_grad():
         trained = seen["step"].conditioner.encode(ids)[0]

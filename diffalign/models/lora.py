@@ -101,7 +101,12 @@ def save_lora(unet, out_dir: str | Path, pipeline_cls=StableDiffusionPipeline, i
     extra = {}
     if text_lora is not None:
         for name, encoder in zip(TEXT_ENCODER_NAMES, text_lora.text_encoders):
-            extra[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(encoder))
+            layers_te = convert_state_dict_to_diffusers(get_peft_model_state_dict(encoder))
+            # diffusers renames only q/k/v/out_proj; any other target (fc1, fc2) keeps PEFT's names, and a dict of
+            # those alone is one diffusers' text-encoder loader cannot recognise. Its generic names load for all.
+            extra[f"{name}_lora_layers"] = {k.replace(".lora_A.", ".lora_linear_layer.down.")
+                                            .replace(".lora_B.", ".lora_linear_layer.up."): v
+                                            for k, v in layers_te.items()}
             extra[f"{name}_lora_adapter_metadata"] = encoder.peft_config["default"].to_dict()
     pipeline_cls.save_lora_weights(out_dir, unet_lora_layers=layers, is_main_process=is_main_process,
                                    unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
