@@ -287,10 +287,9 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             parts.vae.enable_gradient_checkpointing()
         step_fn = make_reward_step(objective, parts, accelerator, cfg.data.resolution)
     else:
-        segments = getattr(objective, "text_encoding", "truncate") == "segments"  # SFT on segment-encoded text
         step_fn = TrainStep(objective, parts.vae, conditioner_for(parts), parts.noise_scheduler, reference,
                             accelerator, cache, user_adapter, trained_text, cfg.train.timestep_range,
-                            segment_encoders=encoder_pairs(parts) if segments else None)
+                            segment_encoders=encoder_pairs(parts))  # read when the objective encodes by segments
         if cfg.train.empty_prompt_anchor:  # before resume_from below: it records the starting encoder's states
             from diffalign.data.examples import token_ids
 

@@ -41,7 +41,7 @@ class TrainStep:
         (models/text_encoder_full.FullTextEncoders): the policy's text states are then computed with gradient, and
         the reference's by its ``encode(..., reference=True)`` (the adapters off, or a frozen starting copy).
         ``timestep_range``: [low, high) of the training timesteps (train.timestep_range; None = all).
-        ``segment_encoders``: [(tokenizer, frozen text encoder)] (models/segment_encoding.encoder_pairs), needed when
+        ``segment_encoders``: [(tokenizer, frozen text encoder)] (models/segment_encoding.encoder_pairs), read only when
         the objective's ``text_encoding`` is "segments": the text states then come from the batch's ``captions``
         encoded sentence by sentence ([U, max_text_length, D]) instead of from its 77 ids."""
         if trained_text is not None and cache is not None:

@@ -15,8 +15,6 @@ prompt more than to please the scorer in general. No reference model; the LoRA i
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
 from ..models.segment_encoding import DEFAULT_MAX_LENGTH, check_text_encoding
@@ -27,17 +25,10 @@ def segment_length_for_sampling(method: str, objective_options: dict) -> int | N
     """Rows of segment-encoded text a run's images should be sampled with (its ``max_text_length``) when it trained
     on segment encoding (``text_encoding: segments``, given or the method's default, as LongAlign's); None: the
     pipeline's own 77-token encoding."""
-    from .base import REGISTRY
+    from .base import get_objective
 
-    defaults = inspect.signature(REGISTRY[method].__init__).parameters if method in REGISTRY else {}
-
-    def option(name: str, fallback):
-        given = objective_options.get(name)
-        return given if given is not None else defaults[name].default if name in defaults else fallback
-
-    if option("text_encoding", None) != "segments":
-        return None
-    return int(option("max_text_length", DEFAULT_MAX_LENGTH))
+    objective = get_objective(method, **objective_options)  # cheap: config validation builds it too
+    return objective.max_text_length if getattr(objective, "text_encoding", None) == "segments" else None
 
 
 @register
