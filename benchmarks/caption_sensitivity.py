@@ -1,6 +1,7 @@
 """How much a model's denoising error depends on each kind of caption edit, by timestep (TPO's signal).
 
-    python benchmarks/caption_sensitivity.py [--model assets/toy-sd] [--lora OUTPUT_DIR] [--n 192]
+    python benchmarks/caption_sensitivity.py [--model assets/toy-sd] [--lora OUTPUT_DIR | --soft-tokens OUTPUT_DIR]
+                                             [--n 192]
 
 For ground-truth toy renders with their true captions (assets/toy-data/captioned.parquet), each caption is
 perturbed along one axis at a time (content, attribute, spatial, context; diffalign/data/perturb.py; context only
@@ -9,8 +10,11 @@ noise for both captions, it reports the mean per-sample error under the true cap
 ``error(perturbed) - error(true)`` and how often the gap is positive. A gap of zero means the model does not
 read that part of the caption at all: TPO's pairs along that axis then carry no signal. Two more rows replace,
 in turn, the rows after the caption's end token and the caption's own rows with the empty caption's (which of
-them the UNet reads). ``--lora`` loads a trained
-output folder (UNet and, when trained, text-encoder LoRA) with ``load_lora_weights``.
+them the UNet reads). A last row is SoftREPA's own measure: the renders in batches of 8, every image denoised under
+every caption of its batch at one noise and t, and the contrastive cross-entropy over the captions
+(objectives/softrepa.py, without the matched-error term; chance is log 8 = 2.079) with how often an image's own
+caption gives the lowest error. ``--lora`` loads a trained output folder (UNet and, when trained, text-encoder
+LoRA) with ``load_lora_weights``; ``--soft-tokens`` a SoftREPA output folder (soft_tokens.safetensors).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from diffusers import StableDiffusionPipeline  # noqa: E402
 
 from diffalign.data.perturb import RulePerturber, applicable_axes  # noqa: E402
 from diffalign.data.tables import open_table  # noqa: E402
+from diffalign.models.soft_tokens import load_soft_tokens  # noqa: E402
+from diffalign.objectives.softrepa import softrepa_loss  # noqa: E402
 from diffalign.paths import REPO_ROOT, TOY_SD  # noqa: E402
 
 TIMESTEPS = (50, 200, 400, 600, 800, 950)
@@ -59,6 +65,26 @@ def _gaps(pipe, x0: torch.Tensor, states_true: torch.Tensor, states_wrong: torch
         gap = err_wrong - err_true
         by_t[t] = {"error_true": err_true.mean().item(), "gap": gap.mean().item(),
                    "gap_positive": (gap > 0).float().mean().item()}
+    return by_t
+
+
+def _in_batch(pipe, x0: torch.Tensor, states: torch.Tensor, generator, batch: int = 8) -> dict:
+    """{t: SoftREPA's contrastive loss (matched weight 0) and caption accuracy}, mean over batches of ``batch``."""
+    by_t = {}
+    for t in TIMESTEPS:
+        losses, accuracies = [], []
+        for start in range(0, len(x0) - batch + 1, batch):
+            images, texts = x0[start:start + batch], states[start:start + batch]  # [b, 4, h, w], [b, 77, D]
+            eps = torch.randn(images[:1].shape, generator=generator).expand_as(images)  # one noise for the batch
+            x_t = pipe.scheduler.add_noise(images, eps, torch.full((batch,), t))
+            # row i * b + j: image i under caption j
+            rows_x, rows_text = x_t.repeat_interleave(batch, 0), texts.repeat(batch, 1, 1)
+            pred = pipe.unet(rows_x, torch.full((batch * batch,), t), rows_text).sample
+            errors = ((pred - eps.repeat_interleave(batch, 0)) ** 2).mean((1, 2, 3)).view(batch, batch)
+            loss, metrics = softrepa_loss(errors, matched_weight=0.0)
+            losses.append(loss.item())
+            accuracies.append(metrics["caption_accuracy"])
+        by_t[t] = {"contrastive": float(np.mean(losses)), "caption_accuracy": float(np.mean(accuracies))}
     return by_t
 
 
@@ -94,6 +120,7 @@ def sensitivity(pipe, captions: list[str], images: torch.Tensor, seed: int = 0) 
         for i, n in enumerate(lengths):
             edited[i, part(n)] = empty[part(n)]
         result[name] = {"captions": len(captions), "by_t": _gaps(pipe, latents, states, edited, generator)}
+    result["in_batch_contrastive"] = {"captions": len(captions), "by_t": _in_batch(pipe, latents, states, generator)}
     return result
 
 
@@ -101,6 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(TOY_SD))
     parser.add_argument("--lora", help="a training output folder (pytorch_lora_weights.safetensors)")
+    parser.add_argument("--soft-tokens", help="a SoftREPA training output folder (soft_tokens.safetensors)")
     parser.add_argument("--data", default=str(REPO_ROOT / "assets/toy-data/captioned.parquet"))
     parser.add_argument("--n", type=int, default=192, help="renders to use")
     parser.add_argument("--json", help="also write the numbers here")
@@ -109,10 +137,18 @@ def main() -> None:
     pipe = StableDiffusionPipeline.from_pretrained(args.model)
     if args.lora:
         pipe.load_lora_weights(args.lora)
+    if args.soft_tokens:
+        load_soft_tokens(pipe.unet, args.soft_tokens)
     table = open_table(args.data).select(range(args.n))
     result = sensitivity(pipe, list(table["caption"][:args.n]), _images(table, args.n))
-    print(f"{args.model}{' + ' + args.lora if args.lora else ''}: error(perturbed) - error(true), same noise")
+    added = args.lora or args.soft_tokens
+    print(f"{args.model}{' + ' + added if added else ''}: error(perturbed) - error(true), same noise")
     for axis, r in result.items():
+        if axis == "in_batch_contrastive":
+            cells = " | ".join(f"t{t} {v['contrastive']:.4f} ({v['caption_accuracy']:.0%} own caption best)"
+                               for t, v in r["by_t"].items())
+            print(f"  {'in-batch contrastive':20s} ({r['captions']:3d}) {cells}")
+            continue
         cells = " | ".join(f"t{t} gap {v['gap']:+.4f} ({v['gap_positive']:.0%} > 0)" for t, v in r["by_t"].items())
         print(f"  {axis:20s} ({r['captions']:3d}) {cells}")
     if args.json:
