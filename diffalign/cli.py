@@ -53,9 +53,11 @@ def _toy_clip(args) -> None:
     from .toy.clip import ToyClipConfig, train_toy_clip
 
     refuse_overwrite(Path(args.out), args.overwrite)
-    cfg = ToyClipConfig(seed=args.seed, scene_sentences=args.scene_sentences)
-    if args.steps is not None:
-        cfg.steps = args.steps
+    cfg = ToyClipConfig(seed=args.seed, scene_sentences=args.scene_sentences,
+                        adversarial_eps=args.adversarial_eps, init=args.init)
+    for key in ("steps", "lr", "warmup_steps"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
     print(json.dumps(train_toy_clip(args.out, cfg), indent=2))
 
 
@@ -186,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--scene-sentences", type=float, default=0.0,
                    help="share of 5-6-object scenes captioned by one of their sentences (a reward for long captions)")
+    p.add_argument("--adversarial-eps", type=float, default=0.0,
+                   help="train on adversarial renders within this L-inf radius in [0, 1] pixel units (e.g. 0.03)")
+    p.add_argument("--init", default=None, help="a toy CLIP folder to fine-tune instead of starting from scratch")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--warmup-steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_toy_clip)

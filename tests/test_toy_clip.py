@@ -41,3 +41,38 @@ def test_scene_sentences_pair_many_object_scenes_with_one_sentence_and_the_long_
     # the first toy CLIP, trained on short captions only, gets 0.125.
     tokenizer = build_clip_tokenizer()
     assert long_caption_retrieval(CLIPModel.from_pretrained(TOY_CLIP_LONG).eval(), tokenizer) > 0.5
+
+
+def test_adversarial_renders_stay_within_eps_and_raise_the_loss():
+    from diffalign.models.tokenizer import MAX_LENGTH, build_clip_tokenizer
+    from diffalign.toy.clip import adversarial_pixels, contrastive_loss, normalise_float
+
+    model = CLIPModel.from_pretrained(TOY_CLIP).eval()
+    captions, images = clip_batch(np.random.default_rng(3), 32)
+    text = build_clip_tokenizer()(captions, padding="longest", max_length=MAX_LENGTH, truncation=True,
+                                  return_tensors="pt")
+    clean = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    eps = 4 / 255
+    moved = adversarial_pixels(model, text, clean, eps, torch.Generator().manual_seed(0))
+    assert (moved - clean).abs().max() <= eps + 1e-6 and moved.min() >= 0 and moved.max() <= 1
+    assert (moved - clean).abs().max() > eps / 2  # it did move
+    with torch.no_grad():
+        loss_clean = contrastive_loss(model, text, normalise_float(clean))
+        loss_moved = contrastive_loss(model, text, normalise_float(moved))
+        noise = (clean + (torch.rand(clean.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1) * eps)
+        loss_noise = contrastive_loss(model, text, normalise_float(noise.clamp(0, 1)))
+    # an attack, not noise: the loss rises well beyond what random changes of the same size do
+    assert loss_moved - loss_clean > 3 * abs(loss_noise - loss_clean)
+    assert loss_moved > loss_clean
+
+
+def test_fine_tuning_from_a_toy_clip_starts_from_its_weights(tmp_path):
+    from diffalign.toy.clip import ToyClipConfig, train_toy_clip
+
+    summary = train_toy_clip(tmp_path / "tuned", ToyClipConfig(steps=1, batch_size=16, lr=1e-12, warmup_steps=1,
+                                                               init=str(TOY_CLIP), adversarial_eps=4 / 255))
+    assert summary["init"] == str(TOY_CLIP) and summary["adversarial_eps"] == 4 / 255
+    tuned, shipped = CLIPModel.from_pretrained(tmp_path / "tuned"), CLIPModel.from_pretrained(TOY_CLIP)
+    # lr ~0: the weights are the shipped ones (a fresh init would be far off)
+    for (name, a), (_, b) in zip(tuned.state_dict().items(), shipped.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)

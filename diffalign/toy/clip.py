@@ -52,8 +52,34 @@ def make_processor(tokenizer=None) -> CLIPProcessor:
 
 def normalise(images: np.ndarray) -> torch.Tensor:
     """uint8 [N, 32, 32, 3] -> CLIP pixel values [N, 3, 32, 32] (what the saved processor gives at 32x32)."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-    return (x - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
+    return normalise_float(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0)
+
+
+def normalise_float(pixels: torch.Tensor) -> torch.Tensor:
+    """float pixels [N, 3, H, W] in [0, 1] -> CLIP pixel values (differentiable)."""
+    return (pixels - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
+
+
+def contrastive_loss(model: CLIPModel, text: dict, pixel_values: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric cross-entropy over a batch of matched (caption, image) rows."""
+    out = model(**text, pixel_values=pixel_values)
+    labels = torch.arange(len(pixel_values))
+    # Identical captions in a batch are true matches too; CLIP's loss ignores that (rare here: 1 in ~10^3).
+    return 0.5 * (F.cross_entropy(out.logits_per_image, labels) + F.cross_entropy(out.logits_per_text, labels))
+
+
+def adversarial_pixels(model: CLIPModel, text: dict, pixels: torch.Tensor, eps: float,
+                       generator: torch.Generator) -> torch.Tensor:
+    """The renders [N, 3, H, W] in [0, 1] moved by at most ``eps`` per pixel (L-inf, in [0, 1] units) to raise the
+    contrastive loss: one signed-gradient step of 1.25 eps from a uniform random start (FGSM with random start,
+    Wong et al., ICLR 2020). Training on them makes the image tower robust to the near-invisible pixel changes
+    that a reward-tuned generator otherwise learns to make (reward hacking; README, LongAlign)."""
+    delta = (torch.rand(pixels.shape, generator=generator) * 2 - 1) * eps
+    delta.requires_grad_(True)
+    loss = contrastive_loss(model, text, normalise_float((pixels + delta).clamp(0, 1)))
+    (grad,) = torch.autograd.grad(loss, delta)
+    delta = (delta.detach() + 1.25 * eps * grad.sign()).clamp(-eps, eps)
+    return (pixels + delta).clamp(0, 1)
 
 
 def clip_batch(rng: np.random.Generator, n: int, multi_fraction: float = 0.15,
@@ -85,6 +111,8 @@ class ToyClipConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.1
     scene_sentences: float = 0.0  # share of multi-object scenes captioned by one of their sentences (see clip_batch)
+    adversarial_eps: float = 0.0  # > 0: train on adversarial renders within this L-inf radius (adversarial_pixels)
+    init: str | None = None  # a toy CLIP folder to start from (fine-tuning) instead of random weights
 
 
 def train_toy_clip(out_dir: str | Path, cfg: ToyClipConfig | None = None) -> dict:
@@ -93,7 +121,8 @@ def train_toy_clip(out_dir: str | Path, cfg: ToyClipConfig | None = None) -> dic
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     tokenizer = build_clip_tokenizer()
-    model = make_toy_clip().train()
+    model = (CLIPModel.from_pretrained(cfg.init) if cfg.init else make_toy_clip()).train()
+    generator = torch.Generator().manual_seed(cfg.seed)  # the adversarial start
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_at = lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps))  # noqa
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
@@ -102,10 +131,10 @@ def train_toy_clip(out_dir: str | Path, cfg: ToyClipConfig | None = None) -> dic
         captions, images = clip_batch(rng, cfg.batch_size, scene_sentences=cfg.scene_sentences)
         # Padded to the batch's longest caption, not 77: the text tower costs a fifth as much.
         text = tokenizer(captions, padding="longest", max_length=MAX_LENGTH, truncation=True, return_tensors="pt")
-        out = model(**text, pixel_values=normalise(images))
-        labels = torch.arange(len(captions))
-        # Identical captions in a batch are true matches too; CLIP's loss ignores that (rare here: 1 in ~10^3).
-        loss = 0.5 * (F.cross_entropy(out.logits_per_image, labels) + F.cross_entropy(out.logits_per_text, labels))
+        pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0  # [N, 3, 32, 32]
+        if cfg.adversarial_eps > 0:
+            pixels = adversarial_pixels(model, text, pixels, cfg.adversarial_eps, generator)
+        loss = contrastive_loss(model, text, normalise_float(pixels))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -116,7 +145,8 @@ def train_toy_clip(out_dir: str | Path, cfg: ToyClipConfig | None = None) -> dic
     model.save_pretrained(out_dir, safe_serialization=True)
     make_processor(tokenizer).save_pretrained(out_dir)
     summary = {"steps": cfg.steps, "batch_size": cfg.batch_size, "scene_sentences": cfg.scene_sentences,
-               "train_seconds": round(time.time() - start, 1), "final_loss": float(loss),
+               "adversarial_eps": cfg.adversarial_eps, "init": cfg.init, "lr": cfg.lr,
+               "train_seconds": round(time.time() - start, 1), "final_loss": loss.item(),
                "heldout_retrieval": retrieval_accuracy(model, tokenizer),
                "long_caption_retrieval": long_caption_retrieval(model, tokenizer)}
     return summary
