@@ -8,6 +8,7 @@ TOY_SD = ASSETS / "toy-sd"
 TOY_DATA = ASSETS / "toy-data"
 TOY_CLIP = ASSETS / "toy-clip"
 TOY_CLIP_LONG = ASSETS / "toy-clip-long"  # also trained on many-object scenes, sentence by sentence (LongAlign)
+TOY_CLIP_LONG_ROBUST = ASSETS / "toy-clip-long-robust"  # toy-clip-long fine-tuned on adversarial renders (LongAlign)
 # `diffalign toy pretrain` writes this file (its recipe) into the saved pipeline folder, so a toy base retrained
 # anywhere is known as one: the trainer then ends with the toy world's before/after comparison.
 TOY_MODEL_MARKER = "diffalign_toy_world.json"
