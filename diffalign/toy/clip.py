@@ -6,14 +6,16 @@ from scratch on random renders whose captions state size, position and backgroun
 embedding carries those attributes (what the personas' tastes read) and not only colour and shape.
 
 Saved as a transformers ``CLIPModel`` + ``CLIPProcessor`` folder (``assets/toy-clip``), loadable offline with
-``CLIPModel.from_pretrained`` like any CLIP. Deterministic under its seed on CPU.
+``CLIPModel.from_pretrained`` like any CLIP, with ``training_args.json`` (its recipe and held-out retrieval) beside
+it. Deterministic under its seed and thread count on CPU.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,7 @@ from .world import CANVAS, realise, sample_spec
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 EMBED_DIM = 64
+TRAINING_ARGS = "training_args.json"  # the recipe, saved beside the weights
 
 
 def make_toy_clip() -> CLIPModel:
@@ -144,11 +147,13 @@ def train_toy_clip(out_dir: str | Path, cfg: ToyClipConfig | None = None) -> dic
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir, safe_serialization=True)
     make_processor(tokenizer).save_pretrained(out_dir)
-    summary = {"steps": cfg.steps, "batch_size": cfg.batch_size, "scene_sentences": cfg.scene_sentences,
-               "adversarial_eps": cfg.adversarial_eps, "init": cfg.init, "lr": cfg.lr,
+    summary = {**asdict(cfg), "torch_threads": torch.get_num_threads(),
                "train_seconds": round(time.time() - start, 1), "final_loss": loss.item(),
                "heldout_retrieval": retrieval_accuracy(model, tokenizer),
                "long_caption_retrieval": long_caption_retrieval(model, tokenizer)}
+    # The recipe beside the weights: a shipped reward CLIP must say how it was made (the thread count too, as
+    # float sums in another order give other weights under the adversarial steps).
+    (out_dir / TRAINING_ARGS).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
