@@ -37,7 +37,7 @@ def test_measure_reports_the_rewards_rise_under_attack_on_toy_cases():
 
 def test_the_shipped_robust_reward_clip_moves_far_less_under_a_small_attack():
     """assets/toy-clip-long-robust (LongAlign's toy reward) is toy-clip-long fine-tuned on adversarial renders: a
-    4/255 change that raises the first one's Denscore moves it far less (on these renders 0.012 against 0.003)."""
+    4/255 change that raises the first one's Denscore moves it far less (on these renders 0.012 against 0.005)."""
     from diffalign.paths import TOY_CLIP_LONG_ROBUST
     from diffalign.scorers.denscore import Denscore, shared_direction
     from diffalign.toy.prompts import long_scene
