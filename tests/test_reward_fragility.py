@@ -35,9 +35,10 @@ def test_measure_reports_the_rewards_rise_under_attack_on_toy_cases():
     assert "8 | " in to_markdown(result)
 
 
-def test_the_shipped_robust_reward_clip_moves_far_less_under_a_small_attack():
+def test_the_shipped_robust_reward_clip_moves_less_than_half_as_much_under_a_small_attack():
     """assets/toy-clip-long-robust (LongAlign's toy reward) is toy-clip-long fine-tuned on adversarial renders: a
-    4/255 change that raises the first one's Denscore moves it far less (on these renders 0.012 against 0.005)."""
+    4/255 change that raises the first one's Denscore moves it less than half as much (on these renders 0.012
+    against 0.005)."""
     from diffalign.paths import TOY_CLIP_LONG_ROBUST
     from diffalign.scorers.denscore import Denscore, shared_direction
     from diffalign.toy.prompts import long_scene

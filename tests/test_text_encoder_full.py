@@ -91,9 +91,11 @@ def test_sdxl_trains_and_saves_both_text_encoders(tmp_path):
     summary = train(_cfg(tmp_path / "run", extra=[("model.pretrained", str(tmp_path / "tiny-sdxl")),
                                                   ("train.batch_size", "2"), ("data.max_pairs", "8"),
                                                   ("train.empty_prompt_anchor", "1")]))
-    # Policy and frozen copy start equal: the DPO margin h is 0 up to float32 rounding of the errors (~1, ulp 1.2e-7;
-    # the policy runs under autograd, the copy under inference_mode, and CPU kernels may round one row differently:
-    # one ulp moves the loss by beta/8 * 1.2e-7 = 1.5e-5 at beta 1000), and the anchor's drift is exactly 0...
+    # Policy and frozen copies (UNet and both encoders) start equal: the mean DPO margin h is 0 up to float32
+    # rounding of the errors (~1, ulp 1.2e-7; the policy runs under autograd, the copy under inference_mode, and CPU
+    # kernels may round a row differently: one ulp in one of four rows moves the loss by 1.5e-5 at beta 1000). Copies
+    # that differed from the policy (other weights, another dtype) give margins far above 1e-6. The anchor's drift
+    # is exactly 0...
     assert abs(summary["first_metrics"]["margin"]) < 1e-6
     assert abs(summary["first_metrics"]["loss"] - math.log(2)) < 1e-3
     assert summary["first_metrics"]["empty_prompt_drift"] == 0

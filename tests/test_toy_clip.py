@@ -1,7 +1,9 @@
 """The toy world's CLIP (assets/toy-clip): loads like any CLIP, its processor is the training normalisation, and
 its image embeddings know the attributes the personas' tastes read."""
 
+import hashlib
 import json
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -71,15 +73,16 @@ def test_adversarial_renders_stay_within_eps_and_raise_the_loss():
 def test_fine_tuning_from_a_toy_clip_starts_from_its_weights(tmp_path):
     from diffalign.toy.clip import ToyClipConfig, train_toy_clip
 
-    summary = train_toy_clip(tmp_path / "tuned", ToyClipConfig(steps=1, batch_size=16, lr=1e-12, warmup_steps=1,
-                                                               init=str(TOY_CLIP), adversarial_eps=4 / 255))
+    cfg = ToyClipConfig(steps=1, batch_size=16, lr=1e-12, warmup_steps=1, init=str(TOY_CLIP), adversarial_eps=4 / 255)
+    summary = train_toy_clip(tmp_path / "tuned", cfg)
     assert summary["init"] == str(TOY_CLIP) and summary["adversarial_eps"] == 4 / 255
-    # The recipe is saved beside the weights, every knob of it.
+    # The recipe is saved beside the weights: every knob, the starting weights by hash, the thread count.
     recipe = json.loads((tmp_path / "tuned" / "training_args.json").read_text())
-    assert {k: recipe[k] for k in ("steps", "batch_size", "lr", "warmup_steps", "init", "adversarial_eps", "seed")} \
-        == {"steps": 1, "batch_size": 16, "lr": 1e-12, "warmup_steps": 1, "init": str(TOY_CLIP),
-            "adversarial_eps": 4 / 255, "seed": 0}
-    assert recipe["torch_threads"] == torch.get_num_threads()
+    assert recipe["args"] == asdict(cfg)
+    init_bytes = (TOY_CLIP / "model.safetensors").read_bytes()
+    assert recipe["environment"]["init_sha256"] == hashlib.sha256(init_bytes).hexdigest()
+    assert recipe["environment"]["torch_threads"] == torch.get_num_threads()
+    assert recipe["results"]["heldout_retrieval"] == summary["heldout_retrieval"]
     tuned, shipped = CLIPModel.from_pretrained(tmp_path / "tuned"), CLIPModel.from_pretrained(TOY_CLIP)
     # lr ~0: the weights are the shipped ones (a fresh init would be far off)
     for (name, a), (_, b) in zip(tuned.state_dict().items(), shipped.state_dict().items()):

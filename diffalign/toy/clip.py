@@ -6,12 +6,14 @@ from scratch on random renders whose captions state size, position and backgroun
 embedding carries those attributes (what the personas' tastes read) and not only colour and shape.
 
 Saved as a transformers ``CLIPModel`` + ``CLIPProcessor`` folder (``assets/toy-clip``), loadable offline with
-``CLIPModel.from_pretrained`` like any CLIP, with ``training_args.json`` (its recipe and held-out retrieval) beside
-it. Deterministic under its seed and thread count on CPU.
+``CLIPModel.from_pretrained`` like any CLIP, with ``training_args.json`` beside it (its recipe, what else moves its
+float sums, and its held-out retrieval; the robust reward CLIP has one, the two older toy CLIPs predate it).
+Deterministic under its seed, thread count and package versions on CPU.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import transformers
 from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
@@ -118,6 +121,14 @@ class ToyClipConfig:
     init: str | None = None  # a toy CLIP folder to start from (fine-tuning) instead of random weights
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def train_toy_clip(out_dir: str | Path, cfg: ToyClipConfig | None = None) -> dict:
     """Train and save the toy CLIP; returns a summary with held-out retrieval accuracy (image -> its caption)."""
     cfg = cfg or ToyClipConfig()
@@ -147,13 +158,17 @@ def train_toy_clip(out_dir: str | Path, cfg: ToyClipConfig | None = None) -> dic
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir, safe_serialization=True)
     make_processor(tokenizer).save_pretrained(out_dir)
-    summary = {**asdict(cfg), "torch_threads": torch.get_num_threads(),
-               "train_seconds": round(time.time() - start, 1), "final_loss": loss.item(),
+    results = {"train_seconds": round(time.time() - start, 1), "final_loss": loss.item(),
                "heldout_retrieval": retrieval_accuracy(model, tokenizer),
                "long_caption_retrieval": long_caption_retrieval(model, tokenizer)}
-    # The recipe beside the weights: a shipped reward CLIP must say how it was made (the thread count too, as
-    # float sums in another order give other weights under the adversarial steps).
-    (out_dir / TRAINING_ARGS).write_text(json.dumps(summary, indent=2) + "\n")
+    # The recipe beside the weights: a shipped reward CLIP must say how it was made. The starting weights by hash (a
+    # folder's contents can change under its name), and what else moves float sums: thread count and versions.
+    environment = {"torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                   "transformers": transformers.__version__,
+                   "init_sha256": _sha256(Path(cfg.init) / "model.safetensors") if cfg.init else None}
+    record = {"args": asdict(cfg), "environment": environment, "results": results}
+    (out_dir / TRAINING_ARGS).write_text(json.dumps(record, indent=2) + "\n")
+    summary = {**asdict(cfg), **results}
     return summary
 
 
