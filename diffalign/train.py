@@ -27,7 +27,9 @@ from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from diffalign.checkpointing import BrokenCheckpoint, resume as resume_from, save_checkpoint
+from diffalign.checkpoint_state import UnsafeCheckpoint
+from diffalign.checkpointing import (BrokenCheckpoint, NonFiniteWeights, TrainingState, all_finite, check_finite,
+                                     resume as resume_from, save_checkpoint)
 from diffalign.config import Config, ConfigError, load_config
 from diffalign.core.step import TrainStep
 from diffalign.data.factory import build_training_data
@@ -36,7 +38,7 @@ from diffalign.models.conditioning import conditioner_for
 from diffalign.models.loading import (cast_frozen_weights, freeze_encoders, load_sd_components, load_tokenizer,
                                      pipeline_class)
 from diffalign.models.lora import TextEncoderLora, attach_lora, save_lora
-from diffalign.models.lora_checkpoint import register_frozen_unet_checkpointing, register_lora_checkpointing
+from diffalign.models.lora_checkpoint import ADAPTER_PART, LoraAdapterState
 from diffalign.models.soft_tokens import attach_soft_tokens, save_soft_tokens
 from diffalign.models.text_encoder_full import FullTextEncoders
 from diffalign.models.user_attention import attach_user_adapter, save_user_adapter
@@ -171,6 +173,12 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         # The encoders train outside the prepared UNet: FSDP/DeepSpeed would neither shard them nor clip them with it.
         raise ConfigError(f"train.text_encoder runs under plain data parallelism only (multi-GPU DDP), not "
                           f"{accelerator.distributed_type.value}: the text encoders train outside the UNet's wrapper")
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if sharded and (cfg.train.checkpoint_every or resume):
+        # Their sharded optimizer states exist only in their own pickled formats, which diffalign never loads.
+        raise ConfigError(f"train.checkpoint_every / --resume: checkpoints run under one process or multi-GPU DDP, "
+                          f"not {accelerator.distributed_type.value} (its sharded states are pickle files, which "
+                          "diffalign does not load); set train.checkpoint_every 0 or use DDP")
     objective = get_objective(cfg.method, **cfg.objective)
 
     # The data first: a wrong column or an empty table is reported before gigabytes of weights load.
@@ -231,8 +239,6 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             # An EMA reference stays float32: a (1 - decay) step rounds to nothing in fp16/bf16.
             ref_dtype = torch.float32 if cfg.train.ema_reference_decay is not None else weight_dtype
             reference.requires_grad_(False).eval().to(accelerator.device, dtype=ref_dtype)
-            if cfg.train.ema_reference_decay is not None:
-                accelerator.register_for_checkpointing(reference)  # the moving reference is training state
     if trained_text is not None:
         params += trained_text.params
         if cfg.train.gradient_checkpointing:  # transformers checkpoints only in training mode
@@ -272,13 +278,15 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     outside_ddp = [m for m in (soft_tokens, user_adapter, trained_text) if m is not None]
     for module in outside_ddp:  # nothing else makes every rank start from rank 0's weights
         broadcast_parameters(accelerator, module.parameters())
+    # What a checkpoint holds (checkpointing.py): the trained parts only, never the frozen base UNet.
+    trained = {"soft_tokens": soft_tokens, "user_adapter": user_adapter, "text_encoders": trained_text,
+               "ema_reference": reference if cfg.train.ema_reference_decay is not None else None}
     if cfg.lora.enabled and trains != "soft_tokens":
-        register_lora_checkpointing(accelerator, unet)  # checkpoints hold the adapter, not the frozen base
-    elif trains != "unet":
-        register_frozen_unet_checkpointing(accelerator, unet)  # what trains is registered below, not the UNet
-    for outside in (soft_tokens, user_adapter, trained_text):  # trained modules outside the UNet's parameters
-        if outside is not None:
-            accelerator.register_for_checkpointing(outside)
+        trained[ADAPTER_PART] = LoraAdapterState(accelerator.unwrap_model(unet))
+    elif trains == "unet":
+        trained["unet"] = accelerator.unwrap_model(unet)
+    state = TrainingState({k: v for k, v in trained.items() if v is not None}, optimizer, lr_scheduler,
+                          dataclasses.asdict(cfg))
     cache = open_encoding_cache(cfg, weight_dtype, accelerator.process_index) if cfg.data.cache_encodings else None
     if getattr(objective, "step_kind", "denoising") == "reward":  # LongAlign: sample, decode, score
         if cfg.train.gradient_checkpointing:
@@ -300,7 +308,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             step_fn.anchor_empty_prompt(token_ids(parts.tokenizers, ""), cfg.train.empty_prompt_anchor)
 
     updates_per_epoch = len(loader) // cfg.train.grad_accum  # exact: the sampler trims epochs to whole updates
-    global_step = resume_from(accelerator, out, resume) if resume else 0
+    global_step = resume_from(accelerator, out, resume, state) if resume else 0
     first_epoch, done_in_epoch = divmod(global_step, updates_per_epoch)
     if accelerator.is_main_process and accelerator.trackers == [] and cfg.train.report_to != "none":
         accelerator.init_trackers("diffalign", config={"method": cfg.method, **cfg.objective})
@@ -342,6 +350,12 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                         finite = bool(torch.isfinite(norm)) and bool(torch.isfinite(loss.detach()))
                 if finite:
                     optimizer.step()
+                    # A finite gradient can still step the weights to inf (a huge lr): stop before they are used.
+                    if accelerator.sync_gradients and not all_finite(params):
+                        raise NonFiniteWeights(
+                            f"step {global_step + 1}: the update made trained weights NaN or inf (train.lr "
+                            f"{cfg.train.lr:g}); nothing is saved from them. Lower train.lr; the newest checkpoint "
+                            f"under {out / 'checkpoints'}, if any, holds the finite weights before")
                 elif accelerator.scaler is not None:
                     # fp16: optimizer.step() is what calls the grad scaler's update(); without it the scaler stays
                     # "unscaled" and the next clip_grad_norm_ raises. update() also lowers the scale after an inf.
@@ -359,7 +373,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                                global_step + 1, nonfinite_run, nonfinite_total)
             if nonfinite_run >= cfg.train.max_nonfinite_updates:
                 # the last finite weights, resumable
-                save_checkpoint(accelerator, out, global_step, cfg.train.checkpoints_total_limit)
+                save_checkpoint(accelerator, out, global_step, cfg.train.checkpoints_total_limit, state)
                 raise NonFiniteTraining(
                     f"{nonfinite_run} optimizer steps in a row had a non-finite loss or gradient (last at step "
                     f"{global_step + 1}); stopped. The weights before them are saved in "
@@ -389,7 +403,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             if cfg.train.checkpoint_every and global_step % cfg.train.checkpoint_every == 0:
                 if cache is not None:
                     cache.flush()
-                save_checkpoint(accelerator, out, global_step, cfg.train.checkpoints_total_limit)
+                save_checkpoint(accelerator, out, global_step, cfg.train.checkpoints_total_limit, state)
             if global_step >= cfg.train.max_steps:
                 break
         epoch += 1
@@ -412,6 +426,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     if cache is not None:
         summary["encoding_cache"] = {"directory": str(cache.directory), "hits": cache.hits, "misses": cache.misses,
                                      "encoder_calls": step_fn.encoders.calls}
+    check_finite(state.parts)  # nothing non-finite is exported (every rank: the weights are replicated)
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(unet)
         if soft_tokens is not None:
@@ -508,7 +523,8 @@ def main(argv: list[str] | None = None) -> int:
         args, overrides = parse_args(argv)
         cfg = build_config(args, overrides)
         summary = train(cfg, resume=args.resume)
-    except (ConfigError, FileExistsError, FileNotFoundError, NonFiniteTraining, BrokenCheckpoint) as err:
+    except (ConfigError, FileExistsError, FileNotFoundError, NonFiniteTraining, NonFiniteWeights, BrokenCheckpoint,
+            UnsafeCheckpoint) as err:
         print(f"diffalign train: {err}", file=sys.stderr)
         return 2
     if PartialState().is_main_process:  # one report, not one per rank

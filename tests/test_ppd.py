@@ -234,7 +234,8 @@ def test_ppd_trains_the_user_adapter_against_the_base_and_the_pipeline_loads_it(
     assert summary["user_adapter"].endswith("user_adapter.safetensors")
     assert (tmp_path / "pytorch_lora_weights.safetensors").is_file() == lora
     checkpoint = next((tmp_path / "checkpoints").glob("checkpoint_*"))
-    assert list(checkpoint.glob("custom_checkpoint_*")) and not list(checkpoint.glob("model*.safetensors"))
+    assert (checkpoint / "user_adapter.safetensors").is_file() and not (checkpoint / "unet.safetensors").exists()
+    assert (checkpoint / "unet_lora_adapter.safetensors").is_file() == lora
 
     pipe = PersonalizedStableDiffusionPipeline.from_pretrained(TOY_SD)
     plain = PersonalizedStableDiffusionPipeline.from_pretrained(TOY_SD)

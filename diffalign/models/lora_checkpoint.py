@@ -1,62 +1,35 @@
-"""LoRA-only accelerate checkpoints: save and restore the adapter weights, not the frozen base UNet.
+"""A UNet LoRA's part of a training checkpoint: the adapter weights, never the frozen base UNet.
 
-Without these hooks every ``save_state`` writes the whole UNet (about 3.4 GB for SD1.5) although only the
-adapter (a few MB) changes. Optimizer, scheduler and RNG states are still saved by accelerate as usual.
+Saving the whole UNet each time would write about 3.4 GB for SD1.5 although only the adapter (a few MB) changes.
+``checkpoint_state.save_parts`` writes ``state_dict()`` as ``unet_lora_adapter.safetensors``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import torch
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import load_file, save_file
 
-ADAPTER_FILE = "unet_lora_adapter.safetensors"
-
-
-def register_lora_checkpointing(accelerator, unet) -> None:
-    """Make ``accelerator.save_state/load_state`` store only ``unet``'s LoRA weights for that model."""
-    target = accelerator.unwrap_model(unet)
-
-    def save(output_dir):
-        if accelerator.is_main_process:
-            state = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(target).items()}
-            save_file(state, str(Path(output_dir) / ADAPTER_FILE))
-
-    def load(input_dir):
-        path = Path(input_dir) / ADAPTER_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{input_dir} holds no {ADAPTER_FILE}: not a LoRA checkpoint of this run")
-        result = set_peft_model_state_dict(target, load_file(str(path)))
-        if getattr(result, "unexpected_keys", None):
-            raise ValueError(f"{path}: keys that fit no adapter weight: {result.unexpected_keys[:5]}")
-
-    _replace_model_state(accelerator, unet, save, load)
+ADAPTER_PART = "unet_lora_adapter"  # the checkpoint file's stem
 
 
-def register_frozen_unet_checkpointing(accelerator, unet) -> None:
-    """Leave a fully frozen ``unet`` out of ``save_state``/``load_state`` (it is the base, unchanged; what trains
-    is registered separately, e.g. SoftREPA's tokens)."""
-    _replace_model_state(accelerator, unet, lambda output_dir: None, lambda input_dir: None)
+class LoraAdapterState:
+    """state_dict()/load_state_dict() of ``unet``'s LoRA weights in PEFT's key format (``unet``: unwrapped)."""
 
+    def __init__(self, unet: torch.nn.Module):
+        self.unet = unet
 
-def _replace_model_state(accelerator, unet, save, load) -> None:
-    """accelerate hooks: for ``unet``, run ``save(dir)`` / ``load(dir)`` instead of its full state dict."""
-    target = accelerator.unwrap_model(unet)
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(get_peft_model_state_dict(self.unet))
 
-    def save_hook(models, weights, output_dir):
-        for i, model in enumerate(models):
-            if accelerator.unwrap_model(model) is target:
-                save(output_dir)
-                weights.pop(i)  # accelerate then skips writing this model's full state dict
-                break
-
-    def load_hook(models, input_dir):
-        for i, model in enumerate(models):
-            if accelerator.unwrap_model(model) is target:
-                load(input_dir)
-                models.pop(i)  # accelerate then does not load a full state dict into it
-                break
-
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        current = self.state_dict()
+        expected = set(current)
+        if set(state) != expected:  # another rank or target list: a different run, not damage
+            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise ValueError(f"the checkpoint's LoRA has other weights than this run's (missing {missing[:3]}, "
+                             f"unexpected {extra[:3]}): lora.rank or lora.target_modules differ")
+        for key, value in state.items():
+            if value.shape != current[key].shape:
+                raise ValueError(f"the checkpoint's LoRA weight {key} is {tuple(value.shape)}, this run's is "
+                                 f"{tuple(current[key].shape)}: lora.rank differs")
+        set_peft_model_state_dict(self.unet, state)
