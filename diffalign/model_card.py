@@ -29,6 +29,11 @@ def write_model_card(cfg, summary: dict, out_dir: str | Path) -> Path:
     for folder in summary.get("text_encoders", []):  # a full fine-tune that trained the text encoder(s) too
         name = Path(folder).name
         load += f"\n    pipe.{name} = type(pipe.{name}).from_pretrained(\"<this folder>/{name}\")"
+    resumed = summary.get("resumed", {})
+    changed = resumed.get("accepted_changes")
+    history = (f"\nResumed at step {resumed['from_step']} with these settings changed (checkpoint's value, then this "
+               "run's): " + "; ".join(f"`{k}` {v[0]!r} -> {v[1]!r}" for k, v in changed.items()) + "."
+               if changed else "")
     text = f"""---
 base_model: {cfg.model.pretrained}
 library_name: diffusers
@@ -38,7 +43,7 @@ tags: [diffalign, {cfg.method}, text-to-image{"" if cfg.method == "sft" else ", 
 
 Trained with diffalign (`{cfg.method}`) on `{cfg.data.source}`: {summary['steps']} optimizer steps,
 {summary['examples_seen']} examples (pairs or images) seen, {summary['train_seconds']} s of training
-({summary['ties_dropped']} tied pairs dropped).
+({summary['ties_dropped']} tied pairs dropped).{history}
 
     from {module} import {imports}
     pipe = {pipeline}.from_pretrained("{cfg.model.pretrained}")

@@ -1,5 +1,9 @@
-"""Where the embedded assets live (the repository's ``assets/``; an editable install keeps them beside the code)."""
+"""Where the embedded assets live (the repository's ``assets/``; an editable install keeps them beside the code),
+and how output folders are guarded."""
 
+import json
+import shutil
+import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -31,3 +35,39 @@ def refuse_overwrite(path: Path, overwrite: bool) -> None:
     path = Path(path)
     if path.exists() and (path.is_file() or any(path.iterdir())) and not overwrite:
         raise FileExistsError(f"{path} already exists and is not empty; pass --overwrite to replace it")
+
+
+def _is_run_folder(path: Path) -> bool:
+    """A folder ``diffalign train`` wrote: its config.json (method and train sections) or its checkpoints/."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+        if isinstance(config, dict) and {"method", "train", "lora"} <= set(config):
+            return True
+    except (OSError, ValueError):
+        pass
+    return (path / "checkpoints").is_dir() and any((path / "checkpoints").glob("checkpoint_*"))
+
+
+def clear_run_folder(path: Path) -> list[str]:
+    """``--overwrite``: remove everything an earlier run left in ``path`` (saying what first), so nothing of it can
+    be mistaken for the new run's (a later ``--resume latest`` would otherwise continue the old checkpoints). A
+    folder that is not a diffalign run's is refused, never emptied. Returns the names removed."""
+    path = Path(path)
+    if path.is_file():
+        raise FileExistsError(f"output_dir {path} is a file, not a folder")
+    entries = sorted(path.iterdir()) if path.is_dir() else []
+    if not entries:
+        return []
+    names = [e.name + ("/" if e.is_dir() else "") for e in entries]
+    shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
+    if not _is_run_folder(path):
+        raise FileExistsError(f"--overwrite empties only a diffalign run folder (with the config.json or "
+                              f"checkpoints/ of diffalign train); {path} holds {shown}: remove them yourself or "
+                              "choose another output_dir")
+    print(f"diffalign train: --overwrite: removing {len(entries)} entries from {path}: {shown}", file=sys.stderr)
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    return names

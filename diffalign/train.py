@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from diffalign.checkpoint_state import UnsafeCheckpoint
 from diffalign.checkpointing import (BrokenCheckpoint, NonFiniteWeights, TrainingState, all_finite, check_finite,
-                                     resume as resume_from, save_checkpoint)
+                                     checkpoint_config, resume as resume_from, save_checkpoint)
 from diffalign.config import Config, ConfigError, load_config
 from diffalign.core.step import TrainStep
 from diffalign.data.factory import build_training_data
@@ -44,7 +44,8 @@ from diffalign.models.text_encoder_full import FullTextEncoders
 from diffalign.models.user_attention import attach_user_adapter, save_user_adapter
 from diffalign.models.user_encoders import build_user_encoder
 from diffalign.objectives import get_objective
-from diffalign.paths import REPO_ROOT, is_toy_model, refuse_overwrite
+from diffalign.paths import REPO_ROOT, clear_run_folder, is_toy_model, refuse_overwrite
+from diffalign.resume_check import check_resume_config
 from diffalign.update_metrics import UpdateMetrics, is_metric_value
 
 TOY_CONFIGS = REPO_ROOT / "configs" / "toy"
@@ -59,7 +60,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[tuple[s
     parser.add_argument("--method", help="objective name; alone, it runs the embedded toy default for it")
     parser.add_argument("--config", help="YAML config file (default: configs/toy/<method>.yaml)")
     parser.add_argument("--resume", help="'latest', 'latest-valid' (skip broken checkpoints) or a checkpoint folder")
-    parser.add_argument("--overwrite", action="store_true", help="allow a non-empty output_dir")
+    parser.add_argument("--resume-accept", default="", metavar="KEY[,KEY...]",
+                        help="with --resume: config fields that may differ from the checkpoint's (e.g. train.lr); "
+                             "the new values apply from the next update and are recorded in summary.json")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="empty output_dir first (only a diffalign run folder; what it removes is listed)")
     args, rest = parser.parse_known_args(argv)
     overrides = []
     while rest:
@@ -159,12 +164,22 @@ class NonFiniteTraining(RuntimeError):
     """Too many non-finite updates in a row (see train.max_nonfinite_updates)."""
 
 
-def train(cfg: Config, resume: str | None = None) -> dict:
-    """Run one training job; returns a summary (also written to ``output_dir/summary.json``)."""
+def train(cfg: Config, resume: str | None = None, resume_accept: tuple[str, ...] = ()) -> dict:
+    """Run one training job; returns a summary (also written to ``output_dir/summary.json``).
+
+    ``resume``: 'latest', 'latest-valid' or a checkpoint folder; ``resume_accept``: config fields that may differ
+    from the checkpoint's (resume_check.py)."""
     out = Path(cfg.output_dir)
+    if resume and cfg.overwrite:
+        raise ConfigError("--resume continues the run in output_dir and --overwrite would empty it: pass one of them")
+    if resume_accept and not resume:
+        raise ConfigError("--resume-accept lists config changes accepted on --resume; no --resume given")
     if not resume:
         refuse_overwrite(out, cfg.overwrite)
     accelerator = make_accelerator(cfg)
+    if not resume and cfg.overwrite and accelerator.is_main_process:
+        clear_run_folder(out)
+    accelerator.wait_for_everyone()
     if accelerator.device.type == "cpu" and accelerator.mixed_precision == "fp16":  # accelerate would run no autocast
         raise ConfigError("train.mixed_precision: fp16 needs a GPU (accelerate has no fp16 autocast on CPU); "
                           "use bf16 or no")
@@ -308,7 +323,15 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             step_fn.anchor_empty_prompt(token_ids(parts.tokenizers, ""), cfg.train.empty_prompt_anchor)
 
     updates_per_epoch = len(loader) // cfg.train.grad_accum  # exact: the sampler trims epochs to whole updates
-    global_step = resume_from(accelerator, out, resume, state) if resume else 0
+    changes: dict[str, list] = {}
+
+    def same_run(path: Path) -> None:  # before a checkpoint loads: the config it was saved with
+        changes.update(check_resume_config(checkpoint_config(path), state.config, set(resume_accept), str(path)))
+
+    global_step = resume_from(accelerator, out, resume, state, check=same_run) if resume else 0
+    if changes:
+        logger.warning("resumed at step %d with accepted config changes: %s", global_step, changes)
+    global_step_at_start = global_step
     first_epoch, done_in_epoch = divmod(global_step, updates_per_epoch)
     if accelerator.is_main_process and accelerator.trackers == [] and cfg.train.report_to != "none":
         accelerator.init_trackers("diffalign", config={"method": cfg.method, **cfg.objective})
@@ -419,6 +442,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                "bad_samples_skipped": int(accelerator.reduce(torch.tensor(skipped_samples, device=accelerator.device),
                                                              reduction="sum")), "ties_dropped": getattr(dataset, "skipped_ties", 0), "examples_available": len(dataset),
                "first_metrics": history[0] if history else {}, "final_metrics": _mean_tail(history)}
+    if resume:  # where this run continued from, and the config changes accepted there ({key: [saved, now]})
+        summary["resumed"] = {"from_step": global_step_at_start, "accepted_changes": changes}
     if user_adapter is not None:
         summary["pairs_of_users_with_too_few_examples"] = dataset.skipped_few_examples
         summary["users_with_too_few_examples"] = dataset.skipped_users
@@ -522,7 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, overrides = parse_args(argv)
         cfg = build_config(args, overrides)
-        summary = train(cfg, resume=args.resume)
+        accept = tuple(k.strip() for k in args.resume_accept.split(",") if k.strip())
+        summary = train(cfg, resume=args.resume, resume_accept=accept)
     except (ConfigError, FileExistsError, FileNotFoundError, NonFiniteTraining, NonFiniteWeights, BrokenCheckpoint,
             UnsafeCheckpoint) as err:
         print(f"diffalign train: {err}", file=sys.stderr)

@@ -1,0 +1,103 @@
+"""Output folders and resume trust: --overwrite empties a run folder (saying what) or refuses; a resume continues
+only the run its checkpoint belongs to, unless a change is accepted by name, and then the change really applies."""
+
+import json
+
+import pytest
+import torch
+
+from diffalign.checkpointing import complete_checkpoints
+from diffalign.paths import REPO_ROOT
+from diffalign.train import main
+
+TINY = ["--config", str(REPO_ROOT / "configs/toy/dpo.yaml"), "--train.batch_size", "2", "--data.max_pairs", "8",
+        "--train.warmup_steps", "0", "--eval.enabled", "false", "--train.report_to", "none"]
+
+
+def _run(out, *extra):
+    return main([*TINY, "--output_dir", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def checkpointed(tmp_path_factory):
+    """A 2-step run at lr 1e-3 with a checkpoint after each step."""
+    out = tmp_path_factory.mktemp("run")
+    assert _run(out, "--train.max_steps", "2", "--train.checkpoint_every", "1", "--train.lr", "1e-3",
+                "--train.checkpoints_total_limit", "0") == 0
+    return out
+
+
+def test_overwrite_empties_the_old_run_so_resume_cannot_continue_it(checkpointed, tmp_path, capsys):
+    out = tmp_path / "reused"
+    assert _run(out, "--train.max_steps", "1", "--train.checkpoint_every", "1") == 0
+    capsys.readouterr()
+    # A new run with other settings and --overwrite: the old checkpoints and LoRA go before it starts.
+    assert _run(out, "--overwrite", "--train.max_steps", "1", "--train.lr", "5e-4") == 0
+    err = capsys.readouterr().err
+    assert "removing" in err and "checkpoints/" in err and "pytorch_lora_weights.safetensors" in err
+    assert not complete_checkpoints(out)  # this run saved none: nothing of the old one is left to resume
+    assert _run(out, "--resume", "latest", "--train.max_steps", "1", "--train.lr", "5e-4") == 2
+    assert "no complete checkpoint" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["train"]["lr"] == 5e-4
+
+
+def test_overwrite_refuses_a_folder_diffalign_did_not_write(tmp_path, capsys):
+    (tmp_path / "thesis.tex").write_text("precious")
+    assert _run(tmp_path, "--overwrite", "--train.max_steps", "1") == 2
+    assert "thesis.tex" in capsys.readouterr().err
+    assert (tmp_path / "thesis.tex").read_text() == "precious"
+    from diffalign.paths import clear_run_folder
+
+    with pytest.raises(FileExistsError, match="diffalign run folder"):
+        clear_run_folder(tmp_path)
+
+
+def test_resume_and_overwrite_together_are_refused(checkpointed, capsys):
+    assert _run(checkpointed, "--resume", "latest", "--overwrite") == 2
+    assert "pass one of them" in capsys.readouterr().err
+    assert complete_checkpoints(checkpointed)  # nothing was removed
+
+
+@pytest.mark.parametrize("change, key", [(["--train.lr", "2e-3"], "train.lr"),
+                                         (["--objective.beta", "500"], "objective.beta"),
+                                         (["--train.seed", "7"], "train.seed"),
+                                         (["--data.max_pairs", "6"], "data.max_pairs")])
+def test_a_changed_setting_is_refused_on_resume_naming_it(checkpointed, change, key, capsys):
+    first = complete_checkpoints(checkpointed)[0]
+    assert _run(checkpointed, "--resume", str(first), "--train.max_steps", "2", *change) == 2
+    err = capsys.readouterr().err
+    assert key in err and f"--resume-accept {key}" in err and "Traceback" not in err
+
+
+def test_another_lora_rank_is_a_different_run_not_a_broken_checkpoint(checkpointed, capsys):
+    first = complete_checkpoints(checkpointed)[0]
+    assert _run(checkpointed, "--resume", str(first), "--lora.rank", "4", "--resume-accept", "lora.rank") == 2
+    err = capsys.readouterr().err
+    assert "different run" in err and "lora.rank" in err and "broken" not in err
+
+
+def test_an_accepted_lr_really_applies_and_is_recorded(checkpointed, tmp_path, monkeypatch, capsys):
+    seen = []
+    original = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):  # the lr the real optimizer steps with
+        seen.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    first = complete_checkpoints(checkpointed)[0]
+    out = tmp_path / "continued"
+    assert _run(out, "--resume", str(first), "--train.max_steps", "2", "--train.lr", "2e-3",
+                "--resume-accept", "train.lr") == 0
+    assert seen == [2e-3]  # one update left after step 1, at the new rate
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed"] == {"from_step": 1, "accepted_changes": {"train.lr": [1e-3, 2e-3]}}
+    assert "`train.lr` 0.001 -> 0.002" in (out / "README.md").read_text()
+    assert json.loads((out / "config.json").read_text())["train"]["lr"] == 2e-3
+
+
+def test_accepting_a_setting_that_did_not_change_is_an_error(checkpointed, capsys):
+    first = complete_checkpoints(checkpointed)[0]
+    assert _run(checkpointed, "--resume", str(first), "--train.max_steps", "2", "--train.lr", "1e-3",
+                "--resume-accept", "train.lr") == 2
+    assert "not a difference" in capsys.readouterr().err
