@@ -44,6 +44,10 @@ class TrainingState:
     config: dict = field(default_factory=dict)
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, read-only): the earlier ones are untouched."""
+
+
 class NonFiniteWeights(RuntimeError):
     """Trained weights hold NaN or inf: nothing is saved from them."""
 
@@ -109,15 +113,20 @@ def save_checkpoint(accelerator: Accelerator, out: Path, global_step: int, total
     index = _next_index(out)  # the same on every rank: computed before anyone writes this save
     accelerator.wait_for_everyone()
     final, temporary = root / f"checkpoint_{index}", root / f"{INCOMPLETE_PREFIX}checkpoint_{index}"
-    temporary.mkdir(parents=True, exist_ok=True)
-    files.save_rng(temporary / files.rng_file(accelerator.process_index))
-    if accelerator.is_main_process:
-        files.save_parts(temporary, state.parts)
-        files.save_optimizer(temporary / files.OPTIMIZER_FILE, state.optimizer)
-        files.save_scheduler(temporary / files.SCHEDULER_FILE, state.scheduler)
-        if accelerator.scaler is not None:
-            files.write_json(temporary / files.SCALER_FILE, accelerator.scaler.state_dict())
-        files.write_json(temporary / CONFIG_FILE, state.config)
+    try:
+        temporary.mkdir(parents=True, exist_ok=True)
+        files.save_rng(temporary / files.rng_file(accelerator.process_index))
+        if accelerator.is_main_process:
+            files.save_parts(temporary, state.parts)
+            files.save_optimizer(temporary / files.OPTIMIZER_FILE, state.optimizer)
+            files.save_scheduler(temporary / files.SCHEDULER_FILE, state.scheduler)
+            if accelerator.scaler is not None:
+                files.write_json(temporary / files.SCALER_FILE, accelerator.scaler.state_dict())
+            files.write_json(temporary / CONFIG_FILE, state.config)
+    except OSError as err:  # a full or read-only disk: free what was written, keep every complete checkpoint
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise CheckpointWriteError(f"could not write checkpoint {final} ({err.strerror or err}); the partial save "
+                                   f"was removed, the complete checkpoints under {root} are intact") from err
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         marker = temporary / PROGRESS_FILE

@@ -110,6 +110,23 @@ def _eval(args) -> None:
     print("written: " + ", ".join(report.files.values()))
 
 
+def _checked(rule: str):
+    """An argparse type from the rule of that name in evaluation.ranges: out of range is argparse's own one-line
+    error (exit 2, "argument --steps: expected an integer >= 1, got 0"), raised while parsing, so before any model
+    loads."""
+
+    def convert(text: str):
+        from . import ranges
+
+        try:
+            return getattr(ranges, rule)(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None  # argparse shows a ValueError's type name instead
+
+    convert.__name__ = rule
+    return convert
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffalign", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,26 +142,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="toy:attributes|toy:persona|toy:long, a .txt/.jsonl file, or a datasets source")
     p.add_argument("--prompt-column", default=None, help="JSONL key / dataset column (default: prompt or caption)")
     p.add_argument("--split", default="test", help="dataset split (e.g. test_unique for Pick-a-Pic v2)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
-    p.add_argument("--seeds-per-prompt", type=int, default=4)
-    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--limit", type=_checked("count"), default=None, help="use only the first N prompts")
+    p.add_argument("--seeds-per-prompt", type=_checked("count"), default=4)
+    p.add_argument("--first-seed", type=_checked("seed"), default=0)
     p.add_argument("--scorers", default="toy", help="comma-separated: toy,pickscore,hps,clipscore,aesthetic,imagereward")
     p.add_argument("--scorer-option", action="append", default=[], metavar="SCORER.OPTION=VALUE",
                    help="e.g. pickscore.model=/models/PickScore_v1 or hps.checkpoint=/ckpt/HPS_v2.1_compressed.pt")
-    p.add_argument("--steps", type=int, default=25, help="sampling steps")
-    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
-    p.add_argument("--guidance-rescale", type=float, default=0.0,
+    p.add_argument("--steps", type=_checked("count"), default=25, help="sampling steps")
+    p.add_argument("--guidance", type=_checked("guidance"), default=5.0, help="classifier-free guidance scale")
+    p.add_argument("--guidance-rescale", type=_checked("fraction"), default=0.0,
                    help="diffusers' guidance_rescale in [0, 1]: 0.7 for zero-terminal-SNR / v-prediction models "
                         "(Lin et al., 2024); 0 is plain CFG")
-    p.add_argument("--height", type=int, default=None)
-    p.add_argument("--width", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=16, help="images sampled per pipeline call")
+    p.add_argument("--height", type=_checked("image_side"), default=None, help="a multiple of 8")
+    p.add_argument("--width", type=_checked("image_side"), default=None, help="a multiple of 8")
+    p.add_argument("--batch-size", type=_checked("count"), default=16, help="images sampled per pipeline call")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="pipeline dtype (default: float16 on cuda, float32 on cpu)")
     p.add_argument("--text-encoding", default="clip", choices=["clip", "segments"],
                    help="clip: the pipeline's own (77 tokens); segments: LongAlign segment encoding (SD and SDXL)")
-    p.add_argument("--max-text-length", type=int, default=240, help="segment encoding: rows of text states")
+    p.add_argument("--max-text-length", type=_checked("count"), default=240,
+                   help="segment encoding: rows of text states")
     p.add_argument("--out", default="outputs/eval", help="report folder; images are cached under OUT/images")
     p.add_argument("--no-cache", action="store_true", help="resample every image instead of reusing cached ones")
     p.set_defaults(func=_eval)

@@ -7,6 +7,7 @@ Every field is documented once, here, with its unit and whether it is per device
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import types
 import typing
@@ -42,6 +43,7 @@ class DataConfig:
     perturber_model: str | None = None  # TPO: a local text-generation model to perturb captions (else rules)
     cache_encodings: bool = False  # keep VAE posteriors and text states on disk; encoders run once per view/caption
     cache_dir: str | None = None  # where (default: $DIFFALIGN_CACHE or ~/.cache/diffalign, + /encodings)
+    alpha_background: list[int] = field(default_factory=lambda: [255, 255, 255])  # RGB under transparent pixels
 
 
 @dataclass
@@ -245,8 +247,6 @@ def _resolve_embedded_paths(cfg: Config) -> None:
 
 def objective_options(cls) -> list[str]:
     """The keyword options an objective takes, following ``**options`` passed on to its parent classes."""
-    import inspect
-
     names: list[str] = []
     for klass in cls.__mro__:
         if "__init__" not in vars(klass):
@@ -256,6 +256,21 @@ def objective_options(cls) -> list[str]:
         if not any(p.kind == p.VAR_KEYWORD for p in params):
             break
     return list(dict.fromkeys(names))
+
+
+def objective_annotations(cls) -> dict:
+    """Each keyword option's declared type, from the objective's __init__ and the parents it passes options on to."""
+    hints: dict = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        init = vars(klass)["__init__"]
+        for name, hint in typing.get_type_hints(init).items():
+            hints.setdefault(name, hint)  # the subclass's declaration wins
+        if not any(p.kind == p.VAR_KEYWORD for p in inspect.signature(init).parameters.values()):
+            break
+    hints.pop("return", None)
+    return hints
 
 
 def validate(cfg: Config, given: dict | None = None, overridden: set[str] = frozenset()) -> None:
@@ -283,15 +298,17 @@ def validate(cfg: Config, given: dict | None = None, overridden: set[str] = froz
         where = "; ".join(f"objective.{k} belongs to {', '.join(v) or 'no method'}" for k, v in owners.items())
         raise ConfigError(f"method {cfg.method} has no option(s) {', '.join(unknown)} ({where}); "
                           f"its options: {', '.join(options) or 'none'}")
+    hints = objective_annotations(objective_cls)
+    for key, value in cfg.objective.items():  # "beta: high" must fail here, not as a TypeError at step 1
+        if key in hints:
+            cfg.objective[key] = _coerce(value, hints[key], f"objective.{key}")
     try:
         objective = objective_cls(**cfg.objective)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"objective ({cfg.method}): {err}") from err
     _reject_ignored_settings(cfg, objective, given or {}, overridden)
     t, d = cfg.train, cfg.data
-    for name in ("batch_size", "grad_accum", "max_steps", "max_nonfinite_updates"):
-        if getattr(t, name) < 1:
-            raise ConfigError(f"train.{name} must be >= 1; got {getattr(t, name)}")
+    _check_numbers(cfg)
     if t.mixed_precision not in ("no", "fp16", "bf16"):
         raise ConfigError(f"train.mixed_precision: expected 'no', 'fp16' or 'bf16'; got {t.mixed_precision!r}")
     from diffusers.optimization import SchedulerType
@@ -305,6 +322,9 @@ def validate(cfg: Config, given: dict | None = None, overridden: set[str] = froz
         raise ConfigError(f"data.on_bad_sample: expected 'error' or 'skip'; got {d.on_bad_sample!r}")
     if d.desirable_ratio is not None and not 0 < d.desirable_ratio < 1:
         raise ConfigError(f"data.desirable_ratio must be in (0, 1) or null; got {d.desirable_ratio}")
+    bg = d.alpha_background
+    if not isinstance(bg, list) or len(bg) != 3 or not all(type(v) is int and 0 <= v <= 255 for v in bg):
+        raise ConfigError(f"data.alpha_background: expected three integers in 0..255 (an RGB colour); got {bg!r}")
     from .data.perturb import AXES
 
     bad_axes = sorted(set(d.perturb_axes) - set(AXES))
@@ -319,8 +339,6 @@ def validate(cfg: Config, given: dict | None = None, overridden: set[str] = froz
                           "no user term")
     if cfg.eval.user_scale is not None and not 0 <= cfg.eval.user_scale < math.inf:
         raise ConfigError(f"eval.user_scale must be a finite number >= 0; got {cfg.eval.user_scale}")
-    if cfg.lora.enabled and cfg.lora.rank < 1:
-        raise ConfigError(f"lora.rank must be >= 1; got {cfg.lora.rank}")
     for key, lora_wanted, trains_text in (("lora.text_encoder", True, cfg.lora.text_encoder),
                                           ("train.text_encoder", False, t.text_encoder)):
         if not trains_text:
@@ -341,8 +359,6 @@ def validate(cfg: Config, given: dict | None = None, overridden: set[str] = froz
         raise ConfigError(f"objective.text_encoding: segments encodes each caption's sentences with the frozen text "
                           f"encoder at every step; it works neither with data.cache_encodings nor with a trained text "
                           f"encoder (lora.text_encoder / train.text_encoder)")
-    if not 0 <= t.empty_prompt_anchor < math.inf:
-        raise ConfigError(f"train.empty_prompt_anchor must be a finite number >= 0; got {t.empty_prompt_anchor}")
     if t.empty_prompt_anchor and not (cfg.lora.text_encoder or t.text_encoder):
         raise ConfigError("train.empty_prompt_anchor keeps a trained text encoder's empty-prompt states; no text "
                           "encoder trains here (set lora.text_encoder or train.text_encoder)")
@@ -369,9 +385,34 @@ def validate(cfg: Config, given: dict | None = None, overridden: set[str] = froz
     if t.validation_every and getattr(objective, "trains", "unet") == "user_adapter":
         raise ConfigError(f"train.validation_every: {cfg.method}'s images depend on a user, which a validation grid "
                           "has none of; measure with benchmarks/ppd_personas.py or pipelines/personalized_sd.py")
-    for name in ("checkpoint_every", "checkpoints_total_limit", "validation_every"):
-        if getattr(t, name) < 0:
-            raise ConfigError(f"train.{name} must be >= 0; got {getattr(t, name)}")
+
+
+def _numeric_rules() -> dict:
+    """Each numeric field's valid range (diffalign/ranges.py); a value of None (an unset optional) is not checked."""
+    from .ranges import below_one, count, guidance, image_side, non_negative, non_negative_int, positive
+
+    return {"train.batch_size": count, "train.grad_accum": count, "train.max_steps": count,
+            "train.max_nonfinite_updates": count, "train.log_every": count, "train.lr": positive,
+            "train.warmup_steps": non_negative_int, "train.adam_beta1": below_one, "train.adam_beta2": below_one,
+            "train.weight_decay": non_negative, "train.adam_eps": positive, "train.max_grad_norm": non_negative,
+            "train.empty_prompt_anchor": non_negative, "train.seed": non_negative_int,
+            "train.checkpoint_every": non_negative_int, "train.checkpoints_total_limit": non_negative_int,
+            "train.validation_every": non_negative_int, "data.resolution": image_side, "data.max_pairs": count,
+            "data.num_workers": non_negative_int, "lora.rank": count, "lora.alpha": positive,
+            "eval.seeds_per_prompt": count, "eval.num_inference_steps": count, "eval.guidance_scale": guidance}
+
+
+def _check_numbers(cfg: Config) -> None:
+    """ConfigError naming the first numeric field out of its range, with the range (before any model loads)."""
+    for dotted, rule in _numeric_rules().items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value is None:
+            continue
+        try:
+            rule(value)
+        except ValueError as err:
+            raise ConfigError(f"{dotted}: {err}") from None
 
 
 def _lora_in_use(cfg, objective) -> bool:
@@ -394,6 +435,8 @@ _SETTINGS_IN_USE = [
     ("data", "random_crop", "methods trained on images (not reward fine-tuning)", "method",
      lambda cfg, o: o.pair_axis != "prompts"),
     ("data", "random_flip", "methods trained on images (not reward fine-tuning)", "method",
+     lambda cfg, o: o.pair_axis != "prompts"),
+    ("data", "alpha_background", "methods trained on images (not reward fine-tuning)", "method",
      lambda cfg, o: o.pair_axis != "prompts"),
     ("lora", "rank", "LoRA training (lora.enabled: true)", "lora.enabled", _lora_in_use),
     ("lora", "alpha", "LoRA training (lora.enabled: true)", "lora.enabled", _lora_in_use),

@@ -177,9 +177,10 @@ def train(cfg: Config, resume: str | None = None, resume_accept: tuple[str, ...]
     if not resume:
         refuse_overwrite(out, cfg.overwrite)
     accelerator = make_accelerator(cfg)
-    if not resume and cfg.overwrite and accelerator.is_main_process:
-        clear_run_folder(out)
-    accelerator.wait_for_everyone()
+    if not resume and cfg.overwrite:
+        if accelerator.is_main_process:
+            clear_run_folder(out)
+        accelerator.wait_for_everyone()
     if accelerator.device.type == "cpu" and accelerator.mixed_precision == "fp16":  # accelerate would run no autocast
         raise ConfigError("train.mixed_precision: fp16 needs a GPU (accelerate has no fp16 autocast on CPU); "
                           "use bf16 or no")
@@ -211,6 +212,10 @@ def train(cfg: Config, resume: str | None = None, resume_accept: tuple[str, ...]
         raise ConfigError(str(err)) from err
     parts = load_sd_components(cfg.model.pretrained, cfg.model.revision, cfg.model.variant, tokenizer,
                                vae=cfg.model.vae)
+    vae_factor = 2 ** (len(parts.vae.config.block_out_channels) - 1)  # pixels per latent cell (SD: 8)
+    if cfg.data.resolution % vae_factor:
+        raise ConfigError(f"data.resolution: expected a multiple of the VAE's factor {vae_factor}, got "
+                          f"{cfg.data.resolution}")
     steps_of_model = parts.noise_scheduler.config.num_train_timesteps
     if cfg.train.timestep_range is not None and cfg.train.timestep_range[1] > steps_of_model:
         raise ConfigError(f"train.timestep_range {cfg.train.timestep_range}: the model has {steps_of_model} training "
@@ -549,8 +554,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = build_config(args, overrides)
         accept = tuple(k.strip() for k in args.resume_accept.split(",") if k.strip())
         summary = train(cfg, resume=args.resume, resume_accept=accept)
-    except (ConfigError, FileExistsError, FileNotFoundError, NonFiniteTraining, NonFiniteWeights, BrokenCheckpoint,
-            UnsafeCheckpoint) as err:
+    except (ConfigError, NonFiniteTraining, NonFiniteWeights, BrokenCheckpoint, UnsafeCheckpoint) as err:
+        print(f"diffalign train: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a missing or existing path, a full or read-only disk: the path and the reason
         print(f"diffalign train: {err}", file=sys.stderr)
         return 2
     if PartialState().is_main_process:  # one report, not one per rank

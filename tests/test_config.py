@@ -80,7 +80,7 @@ def test_impossible_objective_options_are_rejected():
                                                           "it: it applies only to single-image methods"),
     ([("method", "mapo"), ("data.perturb_axes", "[spatial]")], "data.perturb_axes is set but method mapo"),
     ([("method", "kto"), ("data.drop_ties", "false")], "data.drop_ties is set but method kto"),
-    ([("train.checkpoints_total_limit", "-1")], "train.checkpoints_total_limit must be >= 0"),
+    ([("train.checkpoints_total_limit", "-1")], r"train.checkpoints_total_limit: expected an integer >= 0"),
 ])
 def test_settings_the_method_or_mode_would_ignore_are_rejected(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -119,3 +119,58 @@ def test_embedded_asset_paths_resolve_from_any_folder(tmp_path, monkeypatch):
     assert Path(cfg.model.pretrained) == REPO_ROOT / "assets/toy-sd" and Path(cfg.data.source).is_file()
     (tmp_path / "assets" / "toy-sd").mkdir(parents=True)  # a folder of that name here wins
     assert load_config(REPO_ROOT / "configs/toy/dpo.yaml").model.pretrained == "assets/toy-sd"
+
+
+# Every numeric option is checked with its range in the message, before any model loads (issue: `--train.lr inf`
+# saved an all-NaN LoRA, `--objective.beta -1000` trained towards the rejected images, `beta high` died at step 1).
+BAD_NUMBERS = [
+    ("train.lr", "inf", "train.lr: expected a finite number > 0, got inf"),
+    ("train.lr", "-1e-4", "train.lr: expected a finite number > 0"),
+    ("train.lr", "nan", "train.lr: expected a finite number > 0"),
+    ("train.adam_beta2", "1", "train.adam_beta2: expected a number in [0, 1)"),
+    ("train.adam_eps", "0", "train.adam_eps: expected a finite number > 0"),
+    ("train.weight_decay", "-0.1", "train.weight_decay: expected a finite number >= 0"),
+    ("train.max_grad_norm", "inf", "train.max_grad_norm: expected a finite number >= 0"),
+    ("train.warmup_steps", "-1", "train.warmup_steps: expected an integer >= 0"),
+    ("train.log_every", "0", "train.log_every: expected an integer >= 1"),
+    ("data.resolution", "-32", "data.resolution: expected a positive multiple of 8, got -32"),
+    ("data.resolution", "30", "data.resolution: expected a positive multiple of 8"),
+    ("data.max_pairs", "0", "data.max_pairs: expected an integer >= 1"),
+    ("lora.alpha", "0", "lora.alpha: expected a finite number > 0"),
+    ("eval.seeds_per_prompt", "0", "eval.seeds_per_prompt: expected an integer >= 1"),
+    ("eval.num_inference_steps", "0", "eval.num_inference_steps: expected an integer >= 1"),
+    ("objective.beta", "-1000", "beta must be a finite number > 0"),
+    ("objective.beta", "0", "beta must be a finite number > 0 (0 only with sft_weight > 0)"),
+    ("objective.beta", "high", "objective.beta: expected float, got str 'high'"),
+    ("objective.beta", "inf", "beta must be a finite number > 0"),
+]
+
+
+@pytest.mark.parametrize("key, value, message", BAD_NUMBERS, ids=[f"{k}={v}" for k, v, _ in BAD_NUMBERS])
+def test_numeric_options_out_of_range_fail_naming_the_range(key, value, message, monkeypatch, capsys):
+    import diffalign.train as train_module
+
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO_ROOT / "configs/toy/dpo.yaml", [(key, value)])
+    assert message in str(err.value)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the config was checked")
+
+    monkeypatch.setattr(train_module, "load_tokenizer", no_model)
+    monkeypatch.setattr(train_module, "load_sd_components", no_model)
+    assert train_module.main(["--method", "dpo", f"--{key}", value]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("method, key, value", [("kto", "objective.beta", "-5"), ("mapo", "objective.lam", "nan"),
+                                                ("mapo", "objective.temperature", "-1")])
+def test_other_objectives_refuse_signs_that_invert_them(method, key, value):
+    with pytest.raises(ConfigError, match="finite"):
+        load_config(REPO_ROOT / f"configs/toy/{method}.yaml", [(key, value)])
+
+
+def test_beta_zero_stays_the_documented_sft_control():
+    cfg = load_config(REPO_ROOT / "configs/toy/dpo.yaml", [("objective.beta", "0"), ("objective.sft_weight", "1")])
+    assert cfg.objective["beta"] == 0.0

@@ -177,8 +177,10 @@ def test_guidance_rescale_reaches_the_pipeline_and_keeps_plain_cfg_caches(tmp_pa
     # no CFG at scale 1, so nothing to rescale: the images, and the cache, are plain CFG's
     assert SamplingSettings(guidance_scale=1.0, guidance_rescale=0.7).key() == SamplingSettings(guidance_scale=1.0).key()
 
-    assert main(["eval", "--guidance-rescale", "1.5", "--out", str(tmp_path / "bad")]) == 2
-    assert "guidance_rescale must lie in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # argparse's own error, before any model loads
+        main(["eval", "--guidance-rescale", "1.5", "--out", str(tmp_path / "bad")])
+    assert exit_.value.code == 2
+    assert "argument --guidance-rescale: expected a number in [0, 1]" in capsys.readouterr().err
 
 
 def test_eval_guidance_rescale_reaches_the_comparison_and_the_validation_grid(tmp_path):

@@ -47,7 +47,7 @@ def test_dpo_sft_weight_adds_the_winners_mean_error():
     assert loss.item() == pytest.approx(math.log(2) + 0.175, rel=1e-6)
     assert torch.allclose(pw.grad, torch.tensor([0.25, 0.25])) and torch.equal(pl.grad, torch.zeros(2))
     for bad in (-1.0, float("nan")):
-        with pytest.raises(ValueError, match="sft_weight must be >= 0"):
+        with pytest.raises(ValueError, match="sft_weight must be a finite number >= 0"):
             get_objective("dpo", sft_weight=bad)
 
 

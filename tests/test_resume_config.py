@@ -101,3 +101,46 @@ def test_accepting_a_setting_that_did_not_change_is_an_error(checkpointed, capsy
     assert _run(checkpointed, "--resume", str(first), "--train.max_steps", "2", "--train.lr", "1e-3",
                 "--resume-accept", "train.lr") == 2
     assert "not a difference" in capsys.readouterr().err
+
+
+def test_a_full_disk_fails_in_one_line_and_the_next_resume_works(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from diffalign import checkpoint_state
+
+    original, saves = checkpoint_state.save_parts, {"n": 0}
+
+    def filling_disk(folder, parts):
+        saves["n"] += 1
+        if saves["n"] == 2:  # the second save hits a full disk halfway
+            (folder / "unet_lora_adapter.safetensors").write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder / "unet_lora_adapter.safetensors"))
+        return original(folder, parts)
+
+    monkeypatch.setattr(checkpoint_state, "save_parts", filling_disk)
+    out = tmp_path / "run"
+    assert _run(out, "--train.max_steps", "3", "--train.checkpoint_every", "1") == 2
+    err = capsys.readouterr().err
+    assert "could not write checkpoint" in err and "No space left on device" in err and "Traceback" not in err
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint_0"]  # the partial save is gone
+    monkeypatch.setattr(checkpoint_state, "save_parts", original)  # space freed
+    assert _run(out, "--train.max_steps", "3", "--train.checkpoint_every", "1", "--resume", "latest") == 0
+    assert json.loads((out / "summary.json").read_text())["resumed"]["from_step"] == 1
+
+
+def test_a_read_only_output_folder_fails_in_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+    import pathlib
+
+    original = pathlib.Path.mkdir
+    out = tmp_path / "mounted-read-only"
+
+    def read_only(self, *args, **kwargs):
+        if self == out or out in self.parents:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", read_only)
+    assert _run(out, "--train.max_steps", "1") == 2
+    err = capsys.readouterr().err
+    assert "Read-only file system" in err and str(out) in err and "Traceback" not in err

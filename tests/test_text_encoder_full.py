@@ -192,7 +192,7 @@ def test_the_empty_prompt_anchor_adds_its_term_and_holds_the_unconditional_state
 
 @pytest.mark.parametrize("overrides, message", [
     ([("lora.enabled", "true"), ("train.text_encoder", "false")], "no text encoder trains here"),
-    ([("train.empty_prompt_anchor", "-1")], "must be a finite number >= 0"),
+    ([("train.empty_prompt_anchor", "-1")], "train.empty_prompt_anchor: expected a finite number >= 0"),
 ])
 def test_the_empty_prompt_anchor_is_refused_where_it_cannot_apply(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -115,8 +115,11 @@ def test_a_resumed_run_restores_the_text_encoder(tmp_path, mode):
     setting = one_lr + [("train.text_encoder_lr", "3e-3")]
     train(_cfg(tmp_path / "straight", extra=setting))
     first = complete_checkpoints(tmp_path / "straight")[0]
-    with pytest.raises(ConfigError, match="train.text_encoder_lr .* was set or unset since it was saved"):
+    with pytest.raises(ConfigError, match="train.text_encoder_lr: 0.003 in the checkpoint, None now"):
         train(_cfg(tmp_path / "changed", extra=one_lr), resume=str(first))
+    # Accepted, it still cannot apply: the optimizer's parameter groups differ (the encoder's own group).
+    with pytest.raises(ConfigError, match="train.text_encoder_lr .* was set or unset since it was saved"):
+        train(_cfg(tmp_path / "changed", extra=one_lr), resume=str(first), resume_accept=("train.text_encoder_lr",))
     train(_cfg(tmp_path / "resumed", extra=setting), resume=str(first))
     straight, resumed = _trained_weights(tmp_path / "straight"), _trained_weights(tmp_path / "resumed")
     assert straight.keys() == resumed.keys() and any(k.startswith("text_encoder.") for k in straight)

@@ -198,6 +198,38 @@ def test_non_finite_updates_in_a_row_stop_the_run_with_a_checkpoint(tmp_path, mo
     assert checkpoints and (checkpoints[-1] / "progress.json").is_file()
 
 
+def test_an_update_that_makes_the_weights_non_finite_stops_the_run_and_saves_nothing(tmp_path, monkeypatch, capsys):
+    """A finite loss and gradient, yet the optimizer's update leaves a weight NaN (as an overflowing fp16 or 8-bit
+    optimizer step can): the run must fail at that step, not checkpoint or export the NaN weights (as
+    `--train.lr inf` once did, exit 0)."""
+    original = torch.optim.AdamW.step
+
+    def overflowing_step(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].view(-1)[0] = float("nan")
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", overflowing_step)
+    code = main(["--config", str(REPO_ROOT / "configs/toy/dpo.yaml"), "--output_dir", str(tmp_path),
+                 *[x for k, v in FAST for x in (f"--{k}", v)], "--train.checkpoint_every", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "step 1: the update made trained weights NaN or inf" in err and "Traceback" not in err
+    assert not (tmp_path / LORA_FILE).exists() and not (tmp_path / "summary.json").exists()
+    assert not list(tmp_path.glob("checkpoints/checkpoint_*"))
+
+
+def test_non_finite_weights_are_never_saved():
+    from diffalign.checkpointing import NonFiniteWeights, check_finite
+
+    module = torch.nn.Linear(2, 2)
+    check_finite({"adapter": module})  # finite: nothing raised
+    with torch.no_grad():
+        module.bias[1] = float("nan")
+    with pytest.raises(NonFiniteWeights, match="adapter: 1 weight tensor.*first: bias"):
+        check_finite({"adapter": module})
+
+
 def test_a_broken_latest_checkpoint_is_reported_and_skipped_only_when_asked(tmp_path, capsys):
     args = ["--config", str(REPO_ROOT / "configs/toy/dpo.yaml"), "--output_dir", str(tmp_path),
             *[x for k, v in FAST for x in (f"--{k}", v)], "--train.checkpoint_every", "1"]

@@ -19,14 +19,56 @@ class BadSample(ValueError):
     ``data.on_bad_sample=skip`` it is left out of its batch and counted; otherwise it stops the run."""
 
 
-def decode_image(data, where: str, resolution: int | None = None) -> Image.Image:
-    """PNG/JPEG bytes (or a datasets Image dict / PIL image) -> RGB PIL image; names the row when undecodable."""
+WHITE = (255, 255, 255)
+# The 8-, 16- and 32-bit integer ranges: the brightest value of each maps to 255.
+_INTEGER_RANGES = (255, 65535, 2**31 - 1)
+
+
+def to_rgb(image: Image.Image, background=WHITE) -> Image.Image:
+    """A PIL image in any mode Pillow opens -> 8-bit RGB, with any transparency composited on ``background``.
+
+    Pillow's own ``convert("RGB")`` clips 16/32-bit and float values to 0..255 (a 16-bit PNG turns white) and drops
+    alpha (transparent pixels show whatever colour they hold, often black); this scales and composites instead.
+    """
+    if image.mode == "La":  # premultiplied; Pillow converts it to nothing but LA
+        image = image.convert("LA")
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        image = _high_depth_to_8bit(image)
+    if {"A", "a"} & set(image.getbands()) or "transparency" in image.info:  # alpha band, palette/colour-key tRNS
+        canvas = Image.new("RGBA", image.size, (*background, 255))
+        return Image.alpha_composite(canvas, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
+
+
+def _high_depth_to_8bit(image: Image.Image) -> Image.Image:
+    """I;16* / I / F [H, W] -> L (LA where a transparency value is set), the values scaled from their range."""
+    values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+    full = _full_scale(image.mode, values)
+    gray = Image.fromarray(np.rint(np.clip(values, 0, full) * 255 / full).astype(np.uint8))  # 65535 -> v / 257
+    if "transparency" not in image.info:
+        return gray
+    alpha = np.where(values == image.info["transparency"], 0, 255).astype(np.uint8)
+    return Image.merge("LA", (gray, Image.fromarray(alpha)))
+
+
+def _full_scale(mode: str, values: np.ndarray) -> float:
+    """The value that maps to 255. I;16 images are 16-bit by their file. I and F carry no bit depth (Pillow makes
+    them from L, I;16 and 32-bit TIFFs): the smallest integer range that holds the brightest value, and for F
+    also [0, 1], float images' usual range. (So an I/F image darker than 1/255 of its true range is misread.)"""
+    if mode.startswith("I;16"):
+        return 65535
+    ranges = ((1.0,) if mode == "F" else ()) + _INTEGER_RANGES
+    brightest = values.max(initial=0)
+    return next((r for r in ranges if brightest <= r), ranges[-1])
+
+
+def decode_image(data, where: str, resolution: int | None = None, background=WHITE) -> Image.Image:
+    """PNG/JPEG/TIFF/... bytes (or a datasets Image dict / PIL image) -> 8-bit RGB PIL image (``to_rgb``: alpha on
+    ``background``, data.alpha_background); names the row when undecodable or smaller than ``resolution``."""
     try:
-        if isinstance(data, Image.Image):
-            return data.convert("RGB")
         if isinstance(data, dict):
             data = data.get("bytes")
-        image = Image.open(io.BytesIO(data)).convert("RGB")
+        image = to_rgb(data if isinstance(data, Image.Image) else Image.open(io.BytesIO(data)), background)
     except Exception as err:  # PIL raises several types for corrupt data
         raise BadSample(f"{where}: image could not be decoded ({type(err).__name__}: {err})") from err
     if resolution is not None and min(image.size) < resolution:
@@ -37,30 +79,47 @@ def decode_image(data, where: str, resolution: int | None = None) -> Image.Image
 
 def paired_transform(images: list[Image.Image], resolution: int, random_crop: bool, random_flip: bool,
                      rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same resize/crop/flip for every image -> (pixels [K, 3, res, res] in [-1, 1], meta [K, 6]).
+    """Same relative resize/crop/flip for every image -> (pixels [K, 3, res, res] in [-1, 1], meta [K, 6]).
 
+    Each image is resized (short side to ``resolution``) and cropped on its own, nothing stretched: the crop is
+    drawn for the first image, and every other one is cropped at the same fraction of its own slack (its
+    centre for a centre crop), with the same flip. Images of the first's size get exactly its crop.
     ``meta`` is SDXL's micro-conditioning per image, as diffusers' SDXL training scripts compute it:
-    (original height, original width, crop top, crop left, target height, target width), the crop in the
-    resized image's pixels and mirrored when flipped. SD 1.x/2.x ignore it.
+    (original height, original width, crop top, crop left, target height, target width) of that image, the crop
+    in its resized pixels and mirrored when flipped. SD 1.x/2.x ignore it.
     """
     out, meta = [], []
-    first = images[0]
-    scale = resolution / min(first.size)
-    size = (max(resolution, round(first.width * scale)), max(resolution, round(first.height * scale)))
-    left_max, top_max = size[0] - resolution, size[1] - resolution
+    first = _resized_size(images[0], resolution)
+    left_max, top_max = first[0] - resolution, first[1] - resolution
     left = int(rng.integers(0, left_max + 1)) if random_crop else left_max // 2
     top = int(rng.integers(0, top_max + 1)) if random_crop else top_max // 2
     flip = random_flip and rng.random() < 0.5
     for im in images:
-        meta.append([im.height, im.width, top, size[0] - left - resolution if flip else left, resolution,
-                     resolution])
+        size = _resized_size(im, resolution)
+        x = _same_relative_offset(left, left_max, size[0] - resolution, random_crop)
+        y = _same_relative_offset(top, top_max, size[1] - resolution, random_crop)
+        meta.append([im.height, im.width, y, size[0] - x - resolution if flip else x, resolution, resolution])
         im = im.resize(size, Image.BICUBIC) if im.size != size else im
-        im = im.crop((left, top, left + resolution, top + resolution))
+        im = im.crop((x, y, x + resolution, y + resolution))
         if flip:
             im = im.transpose(Image.FLIP_LEFT_RIGHT)
         arr = torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1)
         out.append(arr / 127.5 - 1.0)
     return torch.stack(out), torch.tensor(meta, dtype=torch.float32)
+
+
+def _resized_size(image: Image.Image, resolution: int) -> tuple[int, int]:
+    """(width, height) with the short side scaled to ``resolution`` and the aspect kept (no side below it)."""
+    scale = resolution / min(image.size)
+    return max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
+
+
+def _same_relative_offset(drawn: int, drawn_slack: int, slack: int, random_crop: bool) -> int:
+    """The crop offset, in an image with ``slack`` spare pixels, at the fraction of the slack where ``drawn`` sits
+    in ``drawn_slack`` (``drawn`` itself when the slacks are equal); a centre crop (or nothing drawn) -> centre."""
+    if not random_crop or drawn_slack == 0:
+        return slack // 2
+    return round(drawn / drawn_slack * slack)
 
 
 class TableExamples(torch.utils.data.Dataset):
@@ -96,7 +155,7 @@ class TableExamples(torch.utils.data.Dataset):
         raise NotImplementedError
 
     def image(self, record: dict, column: str, where: str) -> Image.Image:
-        return decode_image(record[column], f"{where} column {column}", self.cfg.resolution)
+        return decode_image(record[column], f"{where} column {column}", self.cfg.resolution, self.cfg.alpha_background)
 
     def example(self, i: int):
         """(row, record, where, seed, rng) of the i-th example in use.

@@ -42,11 +42,15 @@ class TableUserExample(UserExample):
 
     @cached_property
     def chosen(self):
-        return decode_image(self._record[self._columns[0]], f"{self._where} column {self._columns[0]}")
+        return self._decode(self._columns[0])
 
     @cached_property
     def rejected(self):
-        return decode_image(self._record[self._columns[1]], f"{self._where} column {self._columns[1]}")
+        return self._decode(self._columns[1])
+
+    def _decode(self, column: str):
+        return decode_image(self._record[column], f"{self._where} column {column}",
+                            background=self._dataset.cfg.alpha_background)
 
 
 class UserPreferencePairs(PreferencePairs):

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import torch
 
+from ..models.loading import check_pipeline_source
 from ..toy.sampling import cases
 from .generation import SamplingSettings, images_for
-from .models import ModelSpec, parse_adapter
+from .models import ModelSpec, check_adapter_weights, parse_adapter
 from .plots import save_distributions, save_side_by_side
 from .prompt_sources import load_prompts
+from ..ranges import check_ranges, count, seed
 from .report import Report
 from .scoring import build_scorers, score_images
 
@@ -53,18 +55,24 @@ def evaluate(model: str, adapters: list[str | ModelSpec] = (), prompts: str | li
     Every prompt is sampled with seeds first_seed .. first_seed + seeds_per_prompt - 1. Images are cached under
     ``output_dir/images`` and reused when rerun with the same weights and settings (``cache=False`` to resample).
     """
+    # Everything that can be wrong with the arguments is reported before a model loads or the folder is made.
+    check_ranges(seeds_per_prompt=(count, seeds_per_prompt), first_seed=(seed, first_seed), limit=(count, limit),
+                 batch_size=(count, batch_size))
     device = device or default_device()
     settings = settings or SamplingSettings(dtype=default_dtype(device))
     out = Path(output_dir)
     _refuse_foreign_files(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_pipeline_source(model, argument="base model")
     prompt_list = list(prompts) if not isinstance(prompts, str) else load_prompts(prompts, prompt_column, split, limit)
     case_prompts, case_seeds = cases(prompt_list, seeds_per_prompt, first_seed)
     specs = [ModelSpec("base", model)] + [a if isinstance(a, ModelSpec) else parse_adapter(a, model) for a in adapters]
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"two models share a name in {names}; name adapters NAME=PATH")
+    for spec in specs:
+        check_adapter_weights(spec)
     score_fns = build_scorers(list(scorers), scorer_options or {}, device)
+    out.mkdir(parents=True, exist_ok=True)
 
     # The grid shows one case (its first seed) of each of the first ``grid_cases`` prompts.
     grid_idx = [case_prompts.index(p) for p in dict.fromkeys(case_prompts)][:grid_cases]

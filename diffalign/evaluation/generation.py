@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +20,9 @@ from PIL import Image
 
 from ..toy.sampling import generate
 from .models import ModelSpec, load_pipeline
+from ..ranges import check_ranges, count, fraction, guidance, image_side
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,9 +39,10 @@ class SamplingSettings:
     guidance_rescale: float = 0.0
 
     def __post_init__(self):
-        if not 0.0 <= self.guidance_rescale <= 1.0:
-            raise ValueError(f"guidance_rescale must lie in [0, 1] (0: plain classifier-free guidance); "
-                             f"got {self.guidance_rescale}")
+        check_ranges(num_inference_steps=(count, self.num_inference_steps),
+                     guidance_scale=(guidance, self.guidance_scale), guidance_rescale=(fraction, self.guidance_rescale),
+                     height=(image_side, self.height), width=(image_side, self.width),
+                     max_text_length=(count, self.max_text_length))
 
     def key(self) -> str:
         fields = asdict(self)
@@ -53,6 +58,17 @@ def case_key(prompt: str, seed: int) -> str:
     return hashlib.sha256(f"{seed}|{prompt}".encode()).hexdigest()[:20]
 
 
+def _read_cached(path: Path) -> np.ndarray | None:
+    """A cached image, or None (to sample it again) when the file is unreadable: a cache is disposable, and an
+    image truncated by a full disk or a copy gone wrong must not end the evaluation (this code writes atomically)."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as err:  # PIL reports a truncated or corrupt PNG as any of these
+        log.warning("cached image %s is unreadable (%s); sampling it again", path, err)
+        return None
+
+
 def images_for(spec: ModelSpec, prompts: list[str], seeds: list[int], settings: SamplingSettings,
                cache_root: Path | None, device: str = "cpu", batch_size: int = 16,
                progress: bool = True) -> tuple[np.ndarray, int]:
@@ -62,10 +78,8 @@ def images_for(spec: ModelSpec, prompts: list[str], seeds: list[int], settings: 
     """
     folder = cache_root / f"{spec.name}-{spec.fingerprint()}-{settings.key()}" if cache_root else None
     files = [folder / f"{case_key(p, s)}.png" for p, s in zip(prompts, seeds)] if folder else [None] * len(prompts)
-    missing = [i for i, f in enumerate(files) if f is None or not f.is_file()]
-    images: list[np.ndarray | None] = [None] * len(prompts)
-    for i in sorted(set(range(len(prompts))) - set(missing)):
-        images[i] = np.asarray(Image.open(files[i]).convert("RGB"))
+    images = [_read_cached(f) if f is not None and f.is_file() else None for f in files]
+    missing = [i for i, image in enumerate(images) if image is None]
     if missing:
         pipe = load_pipeline(spec, device, getattr(torch, settings.dtype))
         size = {k: v for k, v in (("height", settings.height), ("width", settings.width)) if v}

@@ -76,6 +76,21 @@ def parse_adapter(text: str, base: str) -> ModelSpec:
     return ModelSpec(name, base, path, float(scale) if scale else 1.0)
 
 
+def _is_lora(adapter: Path) -> bool:
+    """What load_pipeline loads with load_lora_weights: not a full fine-tune, PPD user adapter or soft tokens."""
+    return adapter.is_file() or not any((adapter / name).exists()
+                                        for name in ("unet", "user_adapter.json", "soft_tokens.json"))
+
+
+def check_adapter_weights(spec: ModelSpec) -> None:
+    """Refuse, before anything is sampled, a LoRA whose files hold no tensors or NaN/inf ones (see check_lora_file)."""
+    from ..models.lora import check_lora_file  # imports peft and diffusers' pipelines: only when needed
+
+    if spec.adapter and _is_lora(Path(spec.adapter)):
+        for path in _adapter_files(spec.adapter):
+            check_lora_file(path)
+
+
 def load_pipeline(spec: ModelSpec, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """A diffusers pipeline of the base with the adapter applied the way a user would load it."""
     from diffusers import DiffusionPipeline, UNet2DConditionModel

@@ -120,18 +120,68 @@ def pipeline_class(kind: str):
     return StableDiffusionXLPipeline if kind == "sdxl" else StableDiffusionPipeline
 
 
-def _check_pipeline_path(pretrained: str) -> None:
+# Names that end so are files a user meant, never hub ids (which may hold dots: "stable-diffusion-3.5-large").
+FILE_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pt", ".pth", ".json", ".yaml", ".yml", ".txt")
+
+
+def is_hub_id(name: str) -> bool:
+    """``name`` or ``owner/name`` by huggingface_hub's repo id rules (one slash at most, [A-Za-z0-9._-], no
+    leading ./, ../, / or ~), and not ending in a file suffix."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return not name.lower().endswith(FILE_SUFFIXES)
+
+
+def _hub_failure(err: Exception, revision: str | None) -> str | None:
+    """Why the hub has no pipeline under an id, in a few words; None for a failure of another kind."""
+    from huggingface_hub.utils import (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                       RevisionNotFoundError)  # where every huggingface_hub version exports them
+
+    reasons = ((LocalEntryNotFoundError, "not in the local hub cache, and the hub cannot be reached (offline?)"),
+               (RevisionNotFoundError, f"the hub repo has no revision {revision!r}"),
+               (RepositoryNotFoundError, "no such hub repo (or a private/gated one: log in with `hf auth login`)"),
+               (EntryNotFoundError, "the hub repo has no model_index.json: not a diffusers pipeline"))
+    return next((reason for kind, reason in reasons if isinstance(err, kind)), None)  # first match: subclasses first
+
+
+def check_pipeline_source(pretrained: str, revision: str | None = None, argument: str = "model.pretrained") -> None:
+    """FileNotFoundError (one line, naming ``argument``) unless ``pretrained`` is a diffusers pipeline folder or a
+    hub id with a pipeline (online, or in the local cache offline). A mistyped local path used to be taken for a hub
+    id and end in a connection traceback from deep inside from_pretrained; a hub id is still tried on the hub."""
+    local = Path(pretrained)  # as from_pretrained reads it: "~" unexpanded
+    if local.exists():
+        if not (local / "model_index.json").is_file():
+            raise FileNotFoundError(f"{argument}: {pretrained} is not a diffusers pipeline folder "
+                                    "(no model_index.json)")
+        return
+    if not is_hub_id(pretrained):
+        raise FileNotFoundError(f"{argument}: {pretrained} is not a diffusers pipeline folder (no model_index.json): "
+                                "no such folder, and not a hub id of the form owner/name")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(pretrained, "model_index.json", revision=revision)  # small, and from_pretrained reads it next
+    except Exception as err:
+        reason = _hub_failure(err, revision)
+        if reason is None:
+            raise
+        raise FileNotFoundError(f"{argument}: {pretrained}: no such folder, and as a hub id: {reason}") from err
+
+
+def _check_pipeline_path(pretrained: str, revision: str | None = None) -> None:
     if is_single_file(pretrained):
         return  # checked when read (_single_file_pipeline)
-    local = Path(pretrained)
-    if (local.exists() or pretrained.startswith((".", "/"))) and not (local / "model_index.json").is_file():
-        raise FileNotFoundError(f"{pretrained} is not a diffusers pipeline folder (no model_index.json)")
+    check_pipeline_source(pretrained, revision)
 
 
 def load_tokenizer(pretrained: str, revision: str | None = None):
     """The pipeline's tokenizer(s) alone (small): the data can be checked before the weights load. SDXL: a list
     of its two tokenizers."""
-    _check_pipeline_path(pretrained)
+    _check_pipeline_path(pretrained, revision)
     if is_single_file(pretrained):
         _, pipe = _single_file_pipeline(pretrained, None)
         return [pipe.tokenizer, pipe.tokenizer_2] if hasattr(pipe, "tokenizer_2") else pipe.tokenizer
@@ -148,7 +198,7 @@ def load_sd_components(pretrained: str, revision: str | None = None, variant: st
     ``tokenizer``: what load_tokenizer returned, if already loaded. ``vae``: another VAE (hub id or folder) in
     place of the pipeline's, e.g. madebyollin/sdxl-vae-fp16-fix for SDXL in fp16.
     """
-    _check_pipeline_path(pretrained)
+    _check_pipeline_path(pretrained, revision)
     if is_single_file(pretrained):
         return _components_of_single_file(pretrained, vae)
     common = dict(revision=revision)

@@ -18,6 +18,35 @@ from .trained_text import TEXT_ENCODER_NAMES, TrainedTextEncoders
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
+def _lora_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a LoRA weight file (safetensors, or a torch pickle read with weights_only), as diffusers would
+    read them; ValueError naming the file when it cannot be read at all."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # safetensors and torch.load each raise their own kinds for a corrupt file
+        reason = next(iter(str(err).splitlines()), "").split(". ")[0]  # torch.load's advice runs on for lines
+        raise ValueError(f"{path}: not a readable LoRA weight file ({type(err).__name__}: {reason})") from err
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, dict) else {}
+
+
+def check_lora_file(path: str | Path) -> None:
+    """ValueError unless ``path`` holds LoRA tensors, all finite. diffusers loads either kind without a word: a file
+    with no tensors as the base model itself, NaN/inf weights (a training run that diverged) as images of noise, and
+    an evaluation would score those as the adapter's."""
+    path = Path(path)
+    tensors = _lora_tensors(path)
+    if not tensors:
+        raise ValueError(f"{path}: a LoRA file with no tensors (an interrupted or empty export?)")
+    bad = sorted(k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all())
+    if bad:
+        raise ValueError(f"{path}: {len(bad)} of {len(tensors)} LoRA tensors hold NaN/inf values (first: {bad[0]}); "
+                         "did the training run that wrote it diverge?")
+
+
 def attach_lora(unet, rank: int, alpha: float, target_modules: list[str]) -> list:
     """Freeze the UNet, add a LoRA adapter ("default"); return the trainable (LoRA) parameters.
 

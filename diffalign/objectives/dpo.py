@@ -19,6 +19,8 @@ likelihood from falling with the margin); 0 = off. Its scale is λ against the D
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -58,10 +60,14 @@ class DiffusionDPO(Objective):
             raise ValueError(f"rdpo needs a flip rate epsilon in [0, 0.5); got {epsilon}")
         if link == "cdpo" and not 0 <= epsilon <= 0.5:
             raise ValueError(f"cdpo needs label smoothing epsilon in [0, 0.5]; got {epsilon}")
-        if ipo_tau <= 0:
-            raise ValueError(f"ipo_tau must be positive; got {ipo_tau}")
-        if not sft_weight >= 0:  # also refuses NaN
-            raise ValueError(f"sft_weight must be >= 0; got {sft_weight}")
+        if not 0 < ipo_tau < math.inf:  # "not" form: NaN fails too
+            raise ValueError(f"ipo_tau must be a finite number > 0; got {ipo_tau}")
+        if not 0 <= sft_weight < math.inf:
+            raise ValueError(f"sft_weight must be a finite number >= 0; got {sft_weight}")
+        # A negative beta trains towards the rejected images. beta 0 leaves only the sft_weight term (plain
+        # fine-tuning on the winners, the control run of the TPO study); with no sft_weight nothing would train.
+        if not (0 < beta < math.inf or (beta == 0 and sft_weight > 0)):
+            raise ValueError(f"beta must be a finite number > 0 (0 only with sft_weight > 0); got {beta}")
         self.beta, self.link, self.epsilon, self.ipo_tau = beta, link, epsilon, ipo_tau
         self.sft_weight = sft_weight
 

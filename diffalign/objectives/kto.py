@@ -17,6 +17,8 @@ z0 is estimated per micro-batch (not over accumulation) and averaged across proc
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -49,8 +51,11 @@ class DiffusionKTO(Objective):
             raise ValueError(f"unknown KTO utility {utility!r}; expected one of {UTILITIES}")
         if reference_point not in REFERENCE_POINTS:
             raise ValueError(f"unknown KTO reference_point {reference_point!r}; expected one of {REFERENCE_POINTS}")
-        if lambda_desirable < 0 or lambda_undesirable < 0:
-            raise ValueError("lambda_desirable and lambda_undesirable must be >= 0")
+        if not (0 <= lambda_desirable < math.inf and 0 <= lambda_undesirable < math.inf):  # NaN fails too
+            raise ValueError(f"lambda_desirable and lambda_undesirable must be finite numbers >= 0; got "
+                             f"{lambda_desirable}, {lambda_undesirable}")
+        if not 0 < beta < math.inf:  # a negative beta rewards the undesirable images
+            raise ValueError(f"beta must be a finite number > 0; got {beta}")
         self.beta, self.utility, self.reference_point = beta, utility, reference_point
         self.lambda_desirable, self.lambda_undesirable = lambda_desirable, lambda_undesirable
         # (value, weight) -> the weighted mean of value over processes; the trainer sets accelerate's. Weighted by

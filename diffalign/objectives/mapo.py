@@ -11,6 +11,8 @@ and its series near 0 so it stays exact (and finite) for tiny errors.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -32,8 +34,9 @@ class MaPO(Objective):
     pair_axis = "images"
 
     def __init__(self, lam: float = 0.1, gamma: float = 0.5, temperature: float = 1000.0):
-        if gamma <= 0 or temperature <= 0:
-            raise ValueError(f"mapo needs gamma > 0 and temperature > 0; got {gamma}, {temperature}")
+        if not (0 < gamma < math.inf and 0 < temperature < math.inf and 0 <= lam < math.inf):  # NaN fails too
+            raise ValueError(f"mapo needs finite gamma > 0, temperature > 0 and lam >= 0; got {gamma}, "
+                             f"{temperature}, {lam}")
         self.lam, self.gamma, self.temperature = lam, gamma, temperature
 
     def loss(self, errors: PairErrors, batch: dict | None = None):

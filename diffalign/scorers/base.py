@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data.examples import to_rgb
+
 REGISTRY: dict[str, Callable] = {}
 
 
@@ -43,10 +45,10 @@ def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
 
 def to_pil(image) -> Image.Image:
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_rgb(image)  # any mode: 16-bit scaled, alpha on white (not clipped, not dropped)
     if torch.is_tensor(image):
         image = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    return Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
+    return to_rgb(Image.fromarray(np.asarray(image, dtype=np.uint8)))  # [H, W, 4]: alpha on white
 
 
 def differentiable_preprocess(pixels: torch.Tensor, size: int | None, crop: tuple[int, int] | None, mean, std,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from ..data.examples import to_rgb
 from .render import shape_mask
 from .world import (
     BACKGROUND_COLOURS, CANVAS, GRID_CELLS, JUDGE_CENTER, JUDGE_SIDE, OBJECT_COLOURS, SHAPES, SIZE_THRESHOLD,
@@ -56,7 +57,7 @@ class Reading:
 def as_array(image) -> np.ndarray:
     """PIL image, uint8 array [H, W, 3], or float array/tensor [3, H, W] in [0, 1] -> uint8 [CANVAS, CANVAS, 3]."""
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+        image = np.asarray(to_rgb(image))  # any mode: 16-bit scaled, alpha on white
     elif hasattr(image, "detach"):  # torch tensor [3, H, W] in [0, 1]
         image = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
     image = np.asarray(image)
