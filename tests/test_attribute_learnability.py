@@ -1,4 +1,4 @@
-"""benchmarks/attribute_learnability.py and the training-side scene stream it draws from."""
+"""experiments/attribute_learnability.py and the training-side scene stream it draws from."""
 
 import sys
 
@@ -10,32 +10,12 @@ from torch.nn.utils import parameters_to_vector
 
 from diffalign.core.errors import per_sample_errors
 from diffalign.paths import REPO_ROOT, TOY_SD
-from diffalign.toy.captioned import captioned_rows, training_side_scenes
 from diffalign.toy.captions import parse
-from diffalign.toy.prompts import is_heldout
 
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+sys.path.insert(0, str(REPO_ROOT / "experiments"))
 from attribute_learnability import WEIGHTINGS, fine_tune, run, to_markdown, x0_error_weights  # noqa: E402
 
-
-def test_the_scene_stream_states_what_it_is_told_and_never_a_heldout_caption():
-    scenes = training_side_scenes(np.random.default_rng(0), stated={"position": 1.0, "background": 0.0})
-    specs = [next(scenes) for _ in range(200)]
-    assert all(spec.objects[0].position and spec.background is None for spec, _ in specs)
-    assert all(parse(caption) == spec and not is_heldout(caption) for spec, caption in specs)
-    with pytest.raises(ValueError, match="only for size, position, background"):  # at the call, not at next()
-        training_side_scenes(np.random.default_rng(0), stated={"colour": 1.0})
-    with pytest.raises(ValueError, match="single-object scenes"):
-        training_side_scenes(np.random.default_rng(0), long=True, stated={"position": 1.0})
-
-
-def test_captioned_rows_still_make_the_shipped_tdpo_data():
-    """captioned_rows now reads the scene stream; the shipped file (seed 0) must come out the same, byte for byte."""
-    from datasets import load_dataset
-
-    shipped = load_dataset("parquet", data_files=str(REPO_ROOT / "assets/toy-data/captioned.parquet"),
-                           split="train").select(range(25))
-    assert [(r["caption"], r["image"]) for r in captioned_rows(25)] == list(zip(shipped["caption"], shipped["image"]))
+pytestmark = pytest.mark.experiments  # a study (experiments/), out of the default suite: pytest -m experiments
 
 
 def test_x0_weights_turn_each_error_into_the_x0_error():

@@ -1,8 +1,9 @@
-"""benchmarks/caption_sensitivity.py's in-batch row: SoftREPA's contrastive loss over a batch, measured with every
+"""experiments/caption_sensitivity.py's in-batch row: SoftREPA's contrastive loss over a batch, measured with every
 (image, caption) pair denoised in one UNet call, equals the same loss built pair by pair."""
 
 import sys
 
+import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
@@ -10,8 +11,10 @@ from diffalign.data.tables import open_table
 from diffalign.objectives.softrepa import softrepa_loss
 from diffalign.paths import REPO_ROOT, TOY_SD
 
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+sys.path.insert(0, str(REPO_ROOT / "experiments"))
 from caption_sensitivity import TIMESTEPS, _images, _in_batch  # noqa: E402
+
+pytestmark = pytest.mark.experiments  # a study (experiments/), out of the default suite: pytest -m experiments
 
 
 @torch.no_grad()

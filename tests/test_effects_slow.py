@@ -1,4 +1,4 @@
-"""The toy effects in the README's measured table, as tests (slow: 3-7 min each on 2 cores; `pytest -m slow`).
+"""The toy effects in docs/results.md's measured tables, as tests (slow: 3-7 min each on 2 cores; `pytest -m slow`).
 
 Each trains the embedded default of a method and checks its end-of-run comparison (diffalign eval on held-out
 prompts, ≥ 200 prompt×seed cases): the 95% CI lower bound of the win rate over the base must exceed 50%.
@@ -11,7 +11,7 @@ from diffalign.paths import REPO_ROOT
 from diffalign.train import train
 
 # strict: an unexpected pass fails the run, so the mark is dropped as soon as TPO shows its effect.
-NO_EFFECT_YET = pytest.mark.xfail(reason="no toy fidelity effect yet: see the README (TPO table)",
+NO_EFFECT_YET = pytest.mark.xfail(reason="no toy fidelity effect yet: see docs/results.md (TPO table)",
                                   strict=True)
 
 
@@ -31,7 +31,7 @@ def test_preference_methods_beat_the_base_on_their_persona(tmp_path, method):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["dpo", "mapo"])
 def test_full_finetuning_beats_the_base_on_the_persona(tmp_path, method):
-    """The README's full fine-tune rows (lr 1e-4, the rest of the toy default; the reference a frozen copy)."""
+    """docs/results.md's full fine-tune rows (lr 1e-4, the rest of the toy default; the reference a frozen copy)."""
     result = _run(tmp_path, method, [("lora.enabled", "false"), ("train.lr", "1e-4")])
     assert result["cases"] >= 200 and result["win_rate_ci"][0] > 0.5, result["text"]
 
@@ -49,7 +49,7 @@ def test_caption_methods_raise_fidelity(tmp_path, method):
 @pytest.mark.slow
 def test_sft_adapts_the_base_to_segment_encoded_long_captions(tmp_path):
     """LongAlign's first stage: both models sampled with segment encoding, the adapted one follows it better. (Against
-    the base model's 77-token truncation: benchmarks/long_prompt_fidelity.py --lora, README.)"""
+    the base model's 77-token truncation: experiments/long_prompt_fidelity.py --lora, docs/results.md.)"""
     result = _run(tmp_path, "sft")
     assert result["cases"] >= 200 and result["fidelity_win_rate_ci"][0] > 0.5, result["text"]
 
@@ -67,9 +67,9 @@ def ppd_comparison(ppd_run):
 
 @pytest.mark.slow
 def test_ppd_personalises_for_two_opposite_personas_and_mixes_monotonically(ppd_comparison):
-    """The README's PPD rows from the trainer's own comparison (200 cases, 4 examples per user): bold and subtle
+    """docs/results.md's PPD rows from the trainer's own comparison (200 cases, 4 examples per user): bold and subtle
     (opposite tastes) each beat the base; mixing bold into subtle moves both scores monotonically. (The comparison
-    with pooled DPO is benchmarks/ppd_personas.py.)"""
+    with pooled DPO is experiments/ppd_personas.py.)"""
     for persona in ("bold", "subtle"):
         row = ppd_comparison["personas"][persona]
         assert ppd_comparison["cases"] >= 200 and row["vs_base"]["ci"][0] > 0.5, ppd_comparison["text"]
@@ -85,9 +85,9 @@ def test_ppd_personalises_for_the_unseen_persona(ppd_comparison):
 
 @pytest.mark.slow
 def test_ppd_at_user_scale_3_personalises_the_opposite_and_the_unseen_personas(ppd_run):
-    """The README's user-scale-3 rows (the scale chosen on training-side prompts): on the 200 held-out cases, bold,
+    """docs/results.md's user-scale-3 rows (the scale chosen on training-side prompts): on the 200 held-out cases, bold,
     subtle and the unseen cosy each beat the base, and the bold/subtle mix is monotonic. (Against the pooled DPO
-    model: benchmarks/ppd_personas.py --user-scale 3.)"""
+    model: experiments/ppd_personas.py --user-scale 3.)"""
     from diffalign.paths import TOY_SD
     from diffalign.toy.personalization import measure_personalization
 

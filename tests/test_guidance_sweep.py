@@ -1,4 +1,4 @@
-"""benchmarks/guidance_sweep.py on a few toy cases: one row per scale, each the evaluation's own fidelity, and the
+"""experiments/guidance_sweep.py on a few toy cases: one row per scale, each the evaluation's own fidelity, and the
 win rates paired against the reference scale."""
 
 import json
@@ -12,8 +12,10 @@ from diffalign.evaluation import SamplingSettings
 from diffalign.paths import REPO_ROOT, TOY_SD
 from diffalign.stats import win_rate
 
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+sys.path.insert(0, str(REPO_ROOT / "experiments"))
 from guidance_sweep import sweep, to_markdown  # noqa: E402
+
+pytestmark = pytest.mark.experiments  # a study (experiments/), out of the default suite: pytest -m experiments
 
 
 def test_the_sweep_reports_each_scale_against_the_reference(tmp_path):

@@ -1,15 +1,18 @@
-"""benchmarks/reward_fragility.py: the projected signed-gradient attack against a hand-computed one, and the
+"""experiments/reward_fragility.py: the projected signed-gradient attack against a hand-computed one, and the
 measurement on a few toy cases."""
 
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from diffalign.paths import REPO_ROOT, TOY_CLIP_LONG, TOY_SD
 
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+sys.path.insert(0, str(REPO_ROOT / "experiments"))
 from reward_fragility import measure, signed_gradient_attack, to_markdown  # noqa: E402
+
+pytestmark = pytest.mark.experiments  # a study (experiments/), out of the default suite: pytest -m experiments
 
 
 def test_the_attack_climbs_the_gradient_sign_inside_the_radius():

@@ -1,8 +1,8 @@
 """How a base model's caption fidelity moves with the classifier-free guidance scale (toy world, base only).
 
-    python benchmarks/guidance_sweep.py [--model assets/toy-sd] [--prompts toy:attributes] [--seeds 4]
-                                        [--guidance 1,3,5,9,15] [--reference 5] [--guidance-rescale 0]
-                                        [--steps 25] [--limit N] [--device cpu] [--out outputs/guidance-sweep]
+    python experiments/guidance_sweep.py [--model assets/toy-sd] [--prompts toy:attributes] [--seeds 4]
+                                         [--guidance 1,3,5,9,15] [--reference 5] [--guidance-rescale 0]
+                                         [--steps 25] [--limit N] [--device cpu] [--out outputs/guidance-sweep]
 
 Raising the guidance scale is the cheapest way to make a model follow its caption more closely. Methods that
 work by sharpening the caption's hold on the denoiser (TDPO/TKTO's caption pairs, SoftREPA's contrastive
@@ -27,6 +27,7 @@ from diffalign.evaluation.api import evaluate  # noqa: E402
 from diffalign.evaluation.generation import SamplingSettings  # noqa: E402
 from diffalign.paths import TOY_SD, as_recorded  # noqa: E402
 from diffalign.stats import win_rate  # noqa: E402
+from diffalign.toy import plugin  # noqa: E402, F401  (registers the scorer "toy" and the prompt source "toy:<set>")
 from diffalign.toy.judge import ATTRIBUTES  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """Segment encoding (LongAlign) vs CLIP's 77-token truncation on the toy world's long captions.
 
-    python benchmarks/long_prompt_fidelity.py [--model assets/toy-sd] [--lora DIR] [--seeds 4] [--first-seed 0]
+    python experiments/long_prompt_fidelity.py [--model assets/toy-sd] [--lora DIR] [--seeds 4] [--first-seed 0]
         [--out outputs/long-prompts]
 
 Samples the held-out ``toy:long`` captions (5-6 objects, most over 77 tokens) with both text encodings, the same
@@ -25,6 +25,7 @@ from diffalign.evaluation.api import evaluate  # noqa: E402
 from diffalign.evaluation.generation import SamplingSettings  # noqa: E402
 from diffalign.paths import TOY_SD  # noqa: E402
 from diffalign.stats import mean_ci, win_rate  # noqa: E402
+from diffalign.toy import plugin  # noqa: E402, F401  (registers the scorer "toy" and the prompt source "toy:<set>")
 
 import numpy as np  # noqa: E402
 from dataclasses import asdict  # noqa: E402

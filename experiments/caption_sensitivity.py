@@ -1,7 +1,7 @@
 """How much a model's denoising error depends on each kind of caption edit, by timestep (TPO's signal).
 
-    python benchmarks/caption_sensitivity.py [--model assets/toy-sd] [--lora OUTPUT_DIR | --soft-tokens OUTPUT_DIR]
-                                             [--n 192]
+    python experiments/caption_sensitivity.py [--model assets/toy-sd] [--lora OUTPUT_DIR | --soft-tokens OUTPUT_DIR]
+                                              [--n 192]
 
 For ground-truth toy renders with their true captions (assets/toy-data/captioned.parquet), each caption is
 perturbed along one axis at a time (content, attribute, spatial, context; diffalign/data/perturb.py; context only

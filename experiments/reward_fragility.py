@@ -1,8 +1,8 @@
 """How far a reward can be pushed by pixel changes too small to change what the image shows (toy world).
 
-    python benchmarks/reward_fragility.py [--reward-model assets/toy-clip-long] [--model assets/toy-sd]
-                                          [--prompts toy:long] [--limit 48] [--seeds 2] [--first-seed 4]
-                                          [--eps 2,8] [--attack-steps 10] [--out DIR]
+    python experiments/reward_fragility.py [--reward-model assets/toy-clip-long] [--model assets/toy-sd]
+                                           [--prompts toy:long] [--limit 48] [--seeds 2] [--first-seed 4]
+                                           [--eps 2,8] [--attack-steps 10] [--out DIR]
 
 Reward fine-tuning (LongAlign) climbs the reward's gradient through the sampler. Where a change of a few /255 per
 pixel raises the reward as much as a whole training run does, the generator can learn that change instead of
@@ -61,7 +61,7 @@ def measure(reward_model: str, model: str, prompts_name: str, limit: int, seeds:
     from diffusers import StableDiffusionPipeline
 
     from diffalign.toy.prompts import prompt_set
-    from diffalign.toy.sampling import cases, generate
+    from diffalign.evaluation.sampling import cases, generate
 
     if not prompts_name.startswith("toy:"):
         raise ValueError(f"--prompts must be a toy prompt set (the judge reads toy captions); got {prompts_name!r}")

@@ -3,12 +3,12 @@
     accelerate launch diffalign/train.py --method ppd --output_dir outputs/toy-ppd
     accelerate launch diffalign/train.py --method dpo --data.source assets/toy-data/pairs_multiuser.parquet \
         --output_dir outputs/toy-dpo-pooled --eval.enabled false
-    python benchmarks/ppd_personas.py --ppd outputs/toy-ppd --pooled outputs/toy-dpo-pooled
+    python experiments/ppd_personas.py --ppd outputs/toy-ppd --pooled outputs/toy-dpo-pooled
 
 For each persona (the four that label ``pairs_multiuser.parquet`` and the unseen ``cosy``), the personalised model
 is conditioned on that persona's embedding from 4 examples and samples the held-out persona prompts with the same
 seeds as the base and the pooled model; the toy judge scores the persona. Then the bold/subtle embeddings are
-mixed at 0, 0.25, ..., 1. Prints a table and writes JSON (``benchmarks/results/ppd-personas-toy.json``).
+mixed at 0, 0.25, ..., 1. Prints a table and writes JSON (``experiments/results/ppd-personas-toy.json``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def main() -> None:
                         help="persona prompts: held-out (the measurement) or training-side (to choose settings)")
     parser.add_argument("--personas", help="comma-separated subset (default: all five)")
     parser.add_argument("--no-mix", action="store_true", help="skip the bold/subtle interpolation")
-    parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results" / "ppd-personas-toy.json"))
+    parser.add_argument("--out", default=str(REPO_ROOT / "experiments" / "results" / "ppd-personas-toy.json"))
     args = parser.parse_args()
     options = {}
     if args.personas:

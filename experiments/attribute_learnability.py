@@ -1,10 +1,10 @@
 """Can direct supervision teach a toy base a stated attribute it ignores? (toy world, full fine-tune)
 
-    python benchmarks/attribute_learnability.py [--model assets/toy-sd] [--always position] [--steps 600]
-                                                [--lr 2e-4] [--batch 64] [--timestep-range 0 1000]
-                                                [--weighting min-snr] [--seed 0] [--seeds 4]
-                                                [--measure-steps 25] [--frozen-text-encoder]
-                                                [--out outputs/attribute-learnability]
+    python experiments/attribute_learnability.py [--model assets/toy-sd] [--always position] [--steps 600]
+                                                 [--lr 2e-4] [--batch 64] [--timestep-range 0 1000]
+                                                 [--weighting min-snr] [--seed 0] [--seeds 4]
+                                                 [--measure-steps 25] [--frozen-text-encoder]
+                                                 [--out outputs/attribute-learnability]
 
 A strong, direct signal for one caption attribute: ground-truth renders whose captions always state it, and the
 plain denoising loss on the whole UNet and text encoder (no LoRA, no preference, no reference), with the

@@ -1,5 +1,6 @@
-"""Where a benchmark's result goes: ``NAME.json`` (everything measured) and ``NAME.md`` (its table) under one
-folder, the table also printed. Shared by the benchmarks that keep both (guidance_sweep, attribute_learnability)."""
+"""Where an experiment's result goes: ``NAME.json`` (everything measured) and ``NAME.md`` (its table) under one
+folder, the table also printed. Shared by the experiments that keep both (guidance_sweep, attribute_learnability,
+reward_fragility)."""
 
 from __future__ import annotations
 
