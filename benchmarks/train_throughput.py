@@ -98,7 +98,7 @@ def one_batch(method: str, tokenizer, pairs: int, resolution: int | None) -> dic
 
     cfg = load_config(REPO / "configs" / "toy" / f"{method}.yaml")
     objective = get_objective(method, **cfg.objective)
-    dataset, sampler, collate = build_training_data(cfg.data, objective.pair_axis, tokenizer, 0, pairs)
+    dataset, sampler, collate = build_training_data(cfg.data, objective, tokenizer, 0, pairs)
     batch = collate([dataset[i] for i in list(sampler)[:pairs]])
     if resolution and resolution != batch["pixels"].shape[-1]:
         batch["pixels"] = torch.nn.functional.interpolate(batch["pixels"], size=resolution, mode="bilinear")

@@ -94,6 +94,7 @@ def _eval(args) -> None:
     from .evaluation import SamplingSettings, evaluate
     from .evaluation.api import default_device, default_dtype
     from .evaluation.scoring import parse_scorer_options
+    from .toy import plugin  # noqa: F401  (registers the scorer "toy" and the prompt source "toy:<set>")
 
     device = args.device or default_device()
     dtype = args.dtype or default_dtype(device)

@@ -7,7 +7,6 @@ Every field is documented once, here, with its unit and whether it is per device
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import types
 import typing
@@ -23,7 +22,7 @@ class ModelConfig:
     revision: str | None = None  # hub revision (branch, tag or commit)
     variant: str | None = None  # weight variant on the hub, e.g. "fp16"
     vae: str | None = None  # another VAE (hub id or folder), e.g. madebyollin/sdxl-vae-fp16-fix (SDXL in fp16)
-    trust_remote_code: bool = False  # run code shipped with a hub model (e.g. data.perturber_model); off unless set
+    trust_remote_code: bool = False  # run code shipped with a hub model (e.g. objective.perturber_model); off unless set
 
 
 @dataclass
@@ -38,9 +37,6 @@ class DataConfig:
     max_pairs: int | None = None  # use only the first N pairs/examples (after dropping ties)
     num_workers: int = 0  # DataLoader worker processes per device
     on_bad_sample: str = "error"  # "error": stop naming row/column; "skip": leave it out of its batch, count it
-    desirable_ratio: float | None = 0.8  # KTO: share of desirable draws (None: plain shuffle of the data)
-    perturb_axes: list[str] = field(default_factory=lambda: ["content", "attribute", "spatial", "context"])  # TPO
-    perturber_model: str | None = None  # TPO: a local text-generation model to perturb captions (else rules)
     cache_encodings: bool = False  # keep VAE posteriors and text states on disk; encoders run once per view/caption
     cache_dir: str | None = None  # where (default: $DIFFALIGN_CACHE or ~/.cache/diffalign, + /encodings)
     alpha_background: list[int] = field(default_factory=lambda: [255, 255, 255])  # RGB under transparent pixels
@@ -115,13 +111,12 @@ class EvalConfig:
     # bases such as `diffalign toy pretrain --zero-terminal-snr`); 0 is plain CFG
     guidance_rescale: float = 0.0
     validation_prompts: list[str] = field(default_factory=list)  # grid prompts (toy: held-out ones if empty)
-    user_scale: float | None = None  # ppd: the user term's scale when the comparison samples (null: as trained)
 
 
 @dataclass
 class Config:
-    method: str = "dpo"  # a registered objective: dpo, mapo
-    objective: dict = field(default_factory=dict)  # options of the objective (e.g. beta, link for dpo)
+    method: str = "dpo"  # a registered objective (diffalign train --help lists them)
+    objective: dict = field(default_factory=dict)  # the method's own options (its Options dataclass)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -165,12 +160,20 @@ def _coerce(value, annotation, where: str):
     raise ConfigError(f"{where}: expected {expected}, got {type(value).__name__} {value!r}")
 
 
+# Keys that moved into a method's own options: naming the old place fails with the new one.
+MOVED = {"data.desirable_ratio": "objective.desirable_ratio", "data.perturb_axes": "objective.perturb_axes",
+         "data.perturber_model": "objective.perturber_model", "eval.user_scale": "objective.comparison_user_scale"}
+
+
 def _build(cls, data: dict, where: str):
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(data) - set(fields))
+    moved = [f"{where}{k}" for k in unknown if f"{where}{k}" in MOVED]
+    if moved:
+        raise ConfigError(f"{moved[0]} moved to {MOVED[moved[0]]} (the options of the methods that read it)")
     if unknown:
         raise ConfigError(f"unknown key(s) {', '.join(repr(f'{where}{k}') for k in unknown)}; "
                           f"valid keys under {where or 'the top level'}: {', '.join(sorted(fields))}")
@@ -246,31 +249,13 @@ def _resolve_embedded_paths(cfg: Config) -> None:
 
 
 def objective_options(cls) -> list[str]:
-    """The keyword options an objective takes, following ``**options`` passed on to its parent classes."""
-    names: list[str] = []
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        params = inspect.signature(klass.__init__).parameters.values()
-        names += [p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        if not any(p.kind == p.VAR_KEYWORD for p in params):
-            break
-    return list(dict.fromkeys(names))
+    """The options an objective takes: the fields of its Options dataclass."""
+    return cls.option_names()
 
 
 def objective_annotations(cls) -> dict:
-    """Each keyword option's declared type, from the objective's __init__ and the parents it passes options on to."""
-    hints: dict = {}
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        init = vars(klass)["__init__"]
-        for name, hint in typing.get_type_hints(init).items():
-            hints.setdefault(name, hint)  # the subclass's declaration wins
-        if not any(p.kind == p.VAR_KEYWORD for p in inspect.signature(init).parameters.values()):
-            break
-    hints.pop("return", None)
-    return hints
+    """Each option's declared type."""
+    return typing.get_type_hints(cls.Options)
 
 
 def validate(cfg: Config, given: dict | None = None, overridden: set[str] = frozenset()) -> None:
@@ -320,45 +305,34 @@ def validate(cfg: Config, given: dict | None = None, overridden: set[str] = froz
         raise ConfigError(f"data.caption_dropout must be in [0, 1); got {d.caption_dropout}")
     if d.on_bad_sample not in ("error", "skip"):
         raise ConfigError(f"data.on_bad_sample: expected 'error' or 'skip'; got {d.on_bad_sample!r}")
-    if d.desirable_ratio is not None and not 0 < d.desirable_ratio < 1:
-        raise ConfigError(f"data.desirable_ratio must be in (0, 1) or null; got {d.desirable_ratio}")
     bg = d.alpha_background
     if not isinstance(bg, list) or len(bg) != 3 or not all(type(v) is int and 0 <= v <= 255 for v in bg):
         raise ConfigError(f"data.alpha_background: expected three integers in 0..255 (an RGB colour); got {bg!r}")
-    from .data.perturb import AXES
-
-    bad_axes = sorted(set(d.perturb_axes) - set(AXES))
-    if bad_axes or not d.perturb_axes:
-        raise ConfigError(f"data.perturb_axes: unknown {bad_axes} (or empty); expected some of {list(AXES)}")
     if cfg.eval.prompt_set not in ("persona", "attributes", "long"):
         raise ConfigError(f"eval.prompt_set: expected persona, attributes or long; got {cfg.eval.prompt_set!r}")
     if not 0 <= cfg.eval.guidance_rescale <= 1:
         raise ConfigError(f"eval.guidance_rescale must lie in [0, 1] (0: plain CFG); got {cfg.eval.guidance_rescale}")
-    if cfg.eval.user_scale is not None and cfg.method != "ppd":
-        raise ConfigError(f"eval.user_scale is the sampling scale of PPD's user term; method {cfg.method!r} has "
-                          "no user term")
-    if cfg.eval.user_scale is not None and not 0 <= cfg.eval.user_scale < math.inf:
-        raise ConfigError(f"eval.user_scale must be a finite number >= 0; got {cfg.eval.user_scale}")
     for key, lora_wanted, trains_text in (("lora.text_encoder", True, cfg.lora.text_encoder),
                                           ("train.text_encoder", False, t.text_encoder)):
         if not trains_text:
             continue
-        denoising = getattr(objective, "step_kind", "denoising") == "denoising"
-        if cfg.lora.enabled != lora_wanted or getattr(objective, "trains", "unet") != "unet" or not denoising:
+        denoising = objective.step_kind == "denoising"
+        if cfg.lora.enabled != lora_wanted or objective.trains != "unet" or not denoising:
             unet = "a UNet LoRA (lora.enabled: true)" if lora_wanted else "a full UNet fine-tune (lora.enabled: false)"
-            raise ConfigError(f"{key} needs {unet} and a method that trains the UNet on denoising errors (dpo, mapo, "
-                              f"inpo, kto, tdpo, tkto); not {cfg.method} with lora.enabled: "
+            denoisers = _methods(lambda c: c.trains == "unet" and c.step_kind == "denoising")
+            raise ConfigError(f"{key} needs {unet} and a method that trains the UNet on denoising errors "
+                              f"({denoisers}); not {cfg.method} with lora.enabled: "
                               f"{str(cfg.lora.enabled).lower()}. A LoRA's text-encoder counterpart is "
                               "lora.text_encoder, a full fine-tune's train.text_encoder")
         if d.cache_encodings:
             raise ConfigError(f"data.cache_encodings with {key}: the text states change as the text encoder "
                               "trains, so they cannot be cached; turn one of them off")
-    segments = getattr(objective, "text_encoding", None) == "segments"
-    if segments and getattr(objective, "step_kind", "denoising") == "denoising" and \
+    segments = objective.text_encoding == "segments"
+    if segments and objective.step_kind == "denoising" and \
             (d.cache_encodings or cfg.lora.text_encoder or t.text_encoder):
-        raise ConfigError(f"objective.text_encoding: segments encodes each caption's sentences with the frozen text "
-                          f"encoder at every step; it works neither with data.cache_encodings nor with a trained text "
-                          f"encoder (lora.text_encoder / train.text_encoder)")
+        raise ConfigError("objective.text_encoding: segments encodes each caption's sentences with the frozen text "
+                          "encoder at every step; it works neither with data.cache_encodings nor with a trained text "
+                          "encoder (lora.text_encoder / train.text_encoder)")
     if t.empty_prompt_anchor and not (cfg.lora.text_encoder or t.text_encoder):
         raise ConfigError("train.empty_prompt_anchor keeps a trained text encoder's empty-prompt states; no text "
                           "encoder trains here (set lora.text_encoder or train.text_encoder)")
@@ -377,14 +351,14 @@ def validate(cfg: Config, given: dict | None = None, overridden: set[str] = froz
     if t.optimizer not in ("adamw", "adamw_8bit", "adafactor"):
         raise ConfigError(f"train.optimizer: expected adamw, adamw_8bit or adafactor; got {t.optimizer!r}")
     if t.ema_reference_decay is not None:
-        if cfg.lora.enabled or not objective.needs_reference or getattr(objective, "trains", "unet") != "unet":
+        if cfg.lora.enabled or not objective.needs_reference or objective.trains != "unet":
             raise ConfigError("train.ema_reference_decay needs full fine-tuning (lora.enabled: false) and a method "
                               f"with a reference (not {cfg.method}); a LoRA reference is the adapter-free UNet")
         if not 0 < t.ema_reference_decay < 1:
             raise ConfigError(f"train.ema_reference_decay must be in (0, 1); got {t.ema_reference_decay}")
-    if t.validation_every and getattr(objective, "trains", "unet") == "user_adapter":
+    if t.validation_every and objective.trains == "user_adapter":
         raise ConfigError(f"train.validation_every: {cfg.method}'s images depend on a user, which a validation grid "
-                          "has none of; measure with benchmarks/ppd_personas.py or pipelines/personalized_sd.py")
+                          "has none of; measure with experiments/ppd_personas.py or diffalign.pipelines.personalized_sd")
 
 
 def _numeric_rules() -> dict:
@@ -415,21 +389,24 @@ def _check_numbers(cfg: Config) -> None:
             raise ConfigError(f"{dotted}: {err}") from None
 
 
+def _methods(has) -> str:
+    """The registered methods whose objective class ``has(cls)``, for messages (this file names none itself)."""
+    from .objectives import REGISTRY
+
+    return ", ".join(sorted(name for name, cls in REGISTRY.items() if has(cls)))
+
+
 def _lora_in_use(cfg, objective) -> bool:
-    return cfg.lora.enabled and getattr(objective, "trains", "unet") in ("unet", "user_adapter")
+    return cfg.lora.enabled and objective.trains in ("unet", "user_adapter")
 
 
 # Settings that only some methods or modes read: (section, key, who reads it, the key that picks the mode,
 # whether the setting is in use for (cfg, objective)).
 _SETTINGS_IN_USE = [
-    ("data", "desirable_ratio", "single-image methods (kto)", "method", lambda cfg, o: o.pair_axis == "single"),
-    ("data", "perturb_axes", "caption-pair methods (tdpo, tkto)", "method", lambda cfg, o: o.pair_axis == "captions"),
-    ("data", "perturber_model", "caption-pair methods (tdpo, tkto)", "method",
-     lambda cfg, o: o.pair_axis == "captions"),
-    ("data", "drop_ties", "image-pair methods (dpo, mapo, inpo)", "method", lambda cfg, o: o.pair_axis == "images"),
+    ("data", "drop_ties", "image-pair methods", "method", lambda cfg, o: o.pair_axis == "images"),
     # TPO perturbs the true caption and SoftREPA contrasts every caption: neither trains on empty ones.
-    ("data", "caption_dropout", "methods trained on images under their own caption (dpo, mapo, inpo, kto, ppd, sft)",
-     "method", lambda cfg, o: o.pair_axis in ("images", "single", "captioned")),
+    ("data", "caption_dropout", "methods trained on images under their own caption", "method",
+     lambda cfg, o: o.pair_axis in ("images", "single", "captioned")),
     ("data", "cache_encodings", "methods trained on images (not reward fine-tuning)", "method",
      lambda cfg, o: o.pair_axis != "prompts"),
     ("data", "random_crop", "methods trained on images (not reward fine-tuning)", "method",
@@ -442,7 +419,7 @@ _SETTINGS_IN_USE = [
     ("lora", "alpha", "LoRA training (lora.enabled: true)", "lora.enabled", _lora_in_use),
     ("lora", "target_modules", "LoRA training (lora.enabled: true)", "lora.enabled", _lora_in_use),
     ("train", "timestep_range", "methods trained on denoising errors (not reward fine-tuning)", "method",
-     lambda cfg, o: getattr(o, "step_kind", "denoising") == "denoising"),
+     lambda cfg, o: o.step_kind == "denoising"),
     ("lora", "text_encoder_target_modules", "a text-encoder LoRA (lora.text_encoder: true)", "lora.text_encoder",
      lambda cfg, o: cfg.lora.text_encoder),
 ]
@@ -460,9 +437,11 @@ def _reject_ignored_settings(cfg: Config, objective, given: dict, overridden: se
     for section, key, reader, mode_key, in_use in _SETTINGS_IN_USE:
         if key not in (given.get(section) or {}) or in_use(cfg, objective):
             continue
-        mode = f"method {cfg.method}" if section != "lora" or getattr(objective, "trains", "unet") not in ("unet", "user_adapter") \
+        mode = f"method {cfg.method}" if section != "lora" or objective.trains not in ("unet", "user_adapter") \
             else "full fine-tuning (lora.enabled: false)"
-        message = f"{section}.{key} is set but {mode} does not use it: it applies only to {reader}"
+        users = _methods(lambda c: in_use(cfg, c)) if mode_key == "method" else ""
+        message = (f"{section}.{key} is set but {mode} does not use it: it applies only to {reader}"
+                   + (f" ({users})" if users else ""))
         if f"{section}.{key}" not in overridden and mode_key in overridden:
             warnings.warn(f"{message}; ignored (--{mode_key} on the command line changed the config file's mode)",
                           stacklevel=3)

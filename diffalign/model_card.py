@@ -13,7 +13,7 @@ def write_model_card(cfg, summary: dict, out_dir: str | Path) -> Path:
     results = comparison["text"] if comparison else "No evaluation was run with this training job."
     pipeline, module = "DiffusionPipeline", "diffusers"  # picks SD or SDXL from the base's model_index.json
     if "user_adapter" in summary:  # PPD: the personalised pipeline, with a user's embedding at call time
-        pipeline, module = "PersonalizedStableDiffusionPipeline", "pipelines.personalized_sd"
+        pipeline, module = "PersonalizedStableDiffusionPipeline", "diffalign.pipelines.personalized_sd"
     load = ("load_soft_tokens(pipe.unet, \"<this folder>\")  # from diffalign.models.soft_tokens"
             if "soft_tokens" in summary else
             "pipe.load_user_adapter(\"<this folder>\")  # then pipe(prompt, user_examples=[UserExample(...), ...])"
@@ -23,13 +23,13 @@ def write_model_card(cfg, summary: dict, out_dir: str | Path) -> Path:
 
     segment_rows = segment_length_for_sampling(cfg.method, cfg.objective)
     if segment_rows is not None:  # trained on segment-encoded prompts (LongAlign, sft): sample them the same way
-        load += (f"\n    from pipelines.long_prompt_sd import as_long_prompt_pipeline  # this repository's pipelines/"
+        load += (f"\n    from diffalign.pipelines.long_prompt import as_long_prompt_pipeline"
                  f"\n    pipe = as_long_prompt_pipeline(pipe, {segment_rows})  # segment encoding, as it trained")
     imports = pipeline + (", UNet2DConditionModel" if "unet" in summary else "")  # a full fine-tune's UNet class
     for folder in summary.get("text_encoders", []):  # a full fine-tune that trained the text encoder(s) too
         name = Path(folder).name
         load += f"\n    pipe.{name} = type(pipe.{name}).from_pretrained(\"<this folder>/{name}\")"
-    resumed = summary.get("resumed", {})
+    resumed = summary.get("resumed") or {}
     changed = resumed.get("accepted_changes")
     history = (f"\nResumed at step {resumed['from_step']} with these settings changed (checkpoint's value, then this "
                "run's): " + "; ".join(f"`{k}` {v[0]!r} -> {v[1]!r}" for k, v in changed.items()) + "."

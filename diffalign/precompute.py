@@ -27,7 +27,7 @@ from .objectives import get_objective
 
 def fill_encoding_cache(cfg: Config, processes: int = 1) -> dict:
     """Encode every example view of the run; returns counts (entries added, reused, bad samples skipped)."""
-    from .train import open_encoding_cache
+    from .training.steps import open_encoding_cache
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.train.mixed_precision, torch.float32)
@@ -36,7 +36,7 @@ def fill_encoding_cache(cfg: Config, processes: int = 1) -> dict:
     objective = get_objective(cfg.method, **cfg.objective)
     tokenizer = load_tokenizer(cfg.model.pretrained, cfg.model.revision)
     per_update = cfg.train.batch_size * cfg.train.grad_accum * processes
-    dataset, _, collate = build_training_data(cfg.data, objective.pair_axis, tokenizer, cfg.train.seed, per_update,
+    dataset, _, collate = build_training_data(cfg.data, objective, tokenizer, cfg.train.seed, per_update,
                                               cfg.model.trust_remote_code)
     # The same components, dtypes and conditioning as train.py, so the entries are the ones training would make.
     parts = load_sd_components(cfg.model.pretrained, cfg.model.revision, cfg.model.variant, tokenizer,

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from .toy.grid import save_grid
-from .toy.sampling import generate
+from .evaluation.grid import save_grid
+from .evaluation.sampling import generate
 
 
 def sampling_pipeline(parts, unet, scheduler):
@@ -33,7 +33,7 @@ def validation_grid(parts, unet, prompts: list[str], out_path: Path, pretrained:
     encode the prompts by segments (LongAlign trained with ``text_encoding: segments``), else the 77-token window."""
     pipe = sampling_pipeline(parts, unet, DDIMScheduler.from_pretrained(pretrained, subfolder="scheduler"))
     if max_text_length is not None:
-        from pipelines.long_prompt_sd import as_long_prompt_pipeline
+        from .pipelines.long_prompt import as_long_prompt_pipeline
 
         pipe = as_long_prompt_pipeline(pipe, max_text_length)
     was_training = unet.training

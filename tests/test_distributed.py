@@ -95,7 +95,7 @@ def test_a_rank_whose_micro_batch_is_all_bad_samples_does_not_hang_the_others(tm
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "diffalign.train",
                "--method", "kto", "--train.batch_size", "2", "--data.source", str(source),
-               "--data.on_bad_sample", "skip", "--data.desirable_ratio", "null", *ARGS, *extra,
+               "--data.on_bad_sample", "skip", "--objective.desirable_ratio", "null", *ARGS, *extra,
                "--output_dir", str(tmp_path / "out")]
     try:
         done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)

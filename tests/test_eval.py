@@ -12,10 +12,11 @@ import diffalign
 from diffalign.cli import main
 from diffalign.evaluation import SamplingSettings
 from diffalign.evaluation.prompt_sources import load_prompts
+from diffalign.evaluation.sampling import cases, generate
 from diffalign.models.lora import attach_lora, save_lora
 from diffalign.paths import TOY_SD
+from diffalign.toy import plugin  # noqa: F401  (registers the scorer "toy" and the prompt source "toy:<set>")
 from diffalign.toy.prompts import prompt_set
-from diffalign.toy.sampling import cases, generate
 from diffalign.toy.scoring import attribute_rates, judge
 
 FAST = SamplingSettings(num_inference_steps=8)
@@ -222,7 +223,7 @@ def test_the_report_gives_each_seeds_win_rate():
     other's has a case-level win rate of 50%, and the per-seed rates show the spread (100% and 0%)."""
     from diffalign.evaluation.report import Report
 
-    prompts = [f"prompt {i // 2}" for i in range(8)]  # prompt-major, as toy.sampling.cases orders them
+    prompts = [f"prompt {i // 2}" for i in range(8)]  # prompt-major, as evaluation.sampling.cases orders them
     seeds = [0, 1] * 4
     base = np.zeros(8)
     tuned = np.array([1.0, -1.0] * 4)

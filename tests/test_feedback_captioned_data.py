@@ -92,8 +92,10 @@ def test_softrepa_data_neither_builds_nor_checks_a_negative_caption(tmp_path, to
 
     src = _write(tmp_path, [{"caption": "a red circle", "image": _image(0), "negative_caption": "a red circle"},
                             {"caption": "a blue square", "image": _image(90), "negative_caption": "a blue square"}])
-    dataset, _, collate = build_training_data(DataConfig(source=src, resolution=32), "batch", tokenizer, seed=0,
-                                              examples_per_update=2)
+    from diffalign.objectives import get_objective
+
+    dataset, _, collate = build_training_data(DataConfig(source=src, resolution=32), get_objective("softrepa"),
+                                              tokenizer, seed=0, examples_per_update=2)
     examples = [dataset[i] for i in range(2)]
     assert all("negative_ids" not in e for e in examples)
     assert collate(examples)["input_ids"].shape == (2, 77)

@@ -18,6 +18,7 @@ from diffalign.objectives import get_objective
 from diffalign.paths import TOY_CLIP, TOY_SD
 from diffalign.scorers import create_scorer
 from diffalign.scorers.base import differentiable_preprocess
+from diffalign.toy import plugin  # noqa: F401  (registers the prompt source "toy:<set>")
 from diffalign.toy.prompts import prompt_set
 
 LONG = ["a red circle on the left. a blue square at the top; a green triangle.",
@@ -257,7 +258,7 @@ def test_longalign_config_rejects_image_only_settings():
 def test_longalign_trains_a_lora_that_diffusers_loads(tmp_path, monkeypatch):
     from diffusers import StableDiffusionPipeline
 
-    import pipelines.long_prompt_sd as long_prompt
+    import diffalign.pipelines.long_prompt as long_prompt
 
     wrapped = []
     real = long_prompt.as_long_prompt_pipeline

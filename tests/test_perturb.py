@@ -93,6 +93,7 @@ def tiny_lm(tmp_path_factory):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from diffalign.models.tokenizer import build_clip_tokenizer
+    from diffalign.objectives import get_objective
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny-lm")
@@ -141,6 +142,7 @@ def test_a_model_that_ships_code_loads_only_with_trust_remote_code(tiny_lm, tmp_
     from diffalign.config import load_config
     from diffalign.data.factory import build_training_data
     from diffalign.models.tokenizer import build_clip_tokenizer
+    from diffalign.objectives import get_objective
 
     remote = tmp_path / "lm-with-code"
     shutil.copytree(tiny_lm, remote)
@@ -150,13 +152,14 @@ def test_a_model_that_ships_code_loads_only_with_trust_remote_code(tiny_lm, tmp_
                                                       "AutoModelForCausalLM": "marked.MarkedLM"})
     (remote / "config.json").write_text(json.dumps(config))
     cfg = load_config(overrides=[("method", "tdpo"), ("data.source", "assets/toy-data/captioned.parquet"),
-                                 ("data.perturber_model", str(remote)), ("data.max_pairs", "8")])
+                                 ("objective.perturber_model", str(remote)), ("data.max_pairs", "8")])
     assert cfg.model.trust_remote_code is False
     with pytest.raises(ValueError, match="trust_remote_code"):
-        build_training_data(cfg.data, "captions", build_clip_tokenizer(), 0, 4, cfg.model.trust_remote_code)
+        build_training_data(cfg.data, get_objective("tdpo", **cfg.objective), build_clip_tokenizer(), 0, 4,
+                            cfg.model.trust_remote_code)
     trusted = load_config(overrides=[("method", "tdpo"), ("data.source", "assets/toy-data/captioned.parquet"),
-                                     ("data.perturber_model", str(remote)), ("data.max_pairs", "8"),
+                                     ("objective.perturber_model", str(remote)), ("data.max_pairs", "8"),
                                      ("model.trust_remote_code", "true")])  # the user's opt-in
-    dataset, _, _ = build_training_data(trusted.data, "captions", build_clip_tokenizer(), 0, 4,
-                                        trusted.model.trust_remote_code)
+    dataset, _, _ = build_training_data(trusted.data, get_objective("tdpo", **trusted.objective),
+                                        build_clip_tokenizer(), 0, 4, trusted.model.trust_remote_code)
     assert getattr(dataset.perturber.generate.model, "ran_remote_code", False)

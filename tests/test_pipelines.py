@@ -1,4 +1,4 @@
-"""The pipelines in pipelines/: long prompts through segment encoding, and SoftREPA soft tokens."""
+"""The pipelines in diffalign/pipelines/: long prompts through segment encoding, and SoftREPA soft tokens."""
 
 import torch
 from diffusers import StableDiffusionPipeline
@@ -7,8 +7,8 @@ from diffalign.models.segment_encoding import encode_prompts
 from diffalign.models.soft_tokens import attach_soft_tokens, save_soft_tokens
 from diffalign.paths import TOY_SD
 from diffalign.toy.prompts import prompt_set
-from pipelines.long_prompt_sd import LongPromptStableDiffusionPipeline
-from pipelines.soft_tokens_sd import SoftTokensStableDiffusionPipeline
+from diffalign.pipelines.long_prompt_sd import LongPromptStableDiffusionPipeline
+from diffalign.pipelines.soft_tokens_sd import SoftTokensStableDiffusionPipeline
 
 KW = dict(num_inference_steps=3, output_type="np")
 
@@ -46,7 +46,7 @@ def test_long_prompt_sdxl_pipeline_samples_from_both_encoders_segment_states():
     from diffusers import StableDiffusionXLPipeline
 
     from diffalign.models.tiny import build_tiny_sdxl
-    from pipelines.long_prompt_sdxl import LongPromptStableDiffusionXLPipeline
+    from diffalign.pipelines.long_prompt_sdxl import LongPromptStableDiffusionXLPipeline
 
     base = build_tiny_sdxl()
     long = LongPromptStableDiffusionXLPipeline(**base.components)

@@ -8,7 +8,8 @@ from PIL import Image
 
 from diffalign.models.user_attention import (UserAttnProcessor, attach_user_adapter, load_user_adapter,
                                              save_user_adapter)
-from diffalign.models.user_encoders import ClipDifferenceEncoder, UserExample, build_user_encoder
+from diffalign.models.user_encoders import ClipDifferenceEncoder, build_user_encoder
+from diffalign.models.user_examples import UserExample
 from diffalign.paths import TOY_DATA, TOY_SD
 
 
@@ -223,7 +224,7 @@ def _ppd_config(tmp_path, *extra):
 @pytest.mark.parametrize("lora", [False, True])
 def test_ppd_trains_the_user_adapter_against_the_base_and_the_pipeline_loads_it(tmp_path, lora):
     from diffalign.train import train
-    from pipelines.personalized_sd import PersonalizedStableDiffusionPipeline
+    from diffalign.pipelines.personalized_sd import PersonalizedStableDiffusionPipeline
 
     extra = [("lora.enabled", "true"), ("lora.rank", "4")] if lora else []
     summary = train(_ppd_config(tmp_path, *extra))
@@ -489,8 +490,8 @@ def test_the_toy_personalisation_measurement_is_consistent(tmp_path):
     assert rescaled["personas"]["bold"]["score_personalized"] != plain["personas"]["bold"]["score_personalized"]
 
 
-def test_the_trainers_comparison_samples_at_eval_user_scale(tmp_path):
-    """eval.user_scale reaches the end-of-run comparison's sampling; other methods refuse it."""
+def test_the_trainers_comparison_samples_at_the_comparison_user_scale(tmp_path):
+    """objective.comparison_user_scale reaches the end-of-run comparison's sampling; other methods refuse it."""
     from diffalign.config import ConfigError, load_config
     from diffalign.paths import REPO_ROOT
     from diffalign.toy.personalization import compare_personalized
@@ -502,14 +503,15 @@ def test_the_trainers_comparison_samples_at_eval_user_scale(tmp_path):
     fast = [("eval.seeds_per_prompt", "1"), ("eval.num_inference_steps", "2"), ("output_dir", str(tmp_path / "ppd")),
             ("overwrite", "true")]
     results = {scale: compare_personalized(load_config(REPO_ROOT / "configs/toy/ppd.yaml",
-                                                       fast + [("eval.user_scale", scale)]), tmp_path / "ppd")
+                                                       fast + [("objective.comparison_user_scale", scale)]),
+                                      tmp_path / "ppd")
                for scale in ("null", "2.5")}
     assert results["null"]["user_scale"] is None and results["2.5"]["user_scale"] == 2.5
     assert "user scale 2.5" in results["2.5"]["text"]
     trained, scaled = (results[s]["personas"]["bold"] for s in ("null", "2.5"))
     assert scaled["score_base"] == trained["score_base"]  # the same cases...
     assert scaled["score_personalized"] != trained["score_personalized"]  # ...sampled at another scale
-    with pytest.raises(ConfigError, match="eval.user_scale"):
-        load_config(REPO_ROOT / "configs/toy/dpo.yaml", [("eval.user_scale", "2")])
-    with pytest.raises(ConfigError, match="eval.user_scale must be a finite number >= 0"):
-        load_config(REPO_ROOT / "configs/toy/ppd.yaml", [("eval.user_scale", "-1")])
+    with pytest.raises(ConfigError, match="comparison_user_scale .*belongs to ppd"):
+        load_config(REPO_ROOT / "configs/toy/dpo.yaml", [("objective.comparison_user_scale", "2")])
+    with pytest.raises(ConfigError, match="comparison_user_scale must be a finite number >= 0"):
+        load_config(REPO_ROOT / "configs/toy/ppd.yaml", [("objective.comparison_user_scale", "-1")])

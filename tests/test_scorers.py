@@ -10,6 +10,7 @@ from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcess
 
 from diffalign.models.tokenizer import build_clip_tokenizer
 from diffalign.scorers import create_scorer
+from diffalign.toy import plugin  # noqa: F401  (registers the scorer "toy")
 from diffalign.toy.render import render
 from diffalign.toy.world import Scene, Shape
 

@@ -289,7 +289,7 @@ def test_soft_token_start_state_is_the_sdxl_pipelines_empty_prompt_start_row(tin
     SDXL pipeline conditions; the reference init is N(0, 0.02²) for SDXL (the authors' code), start_token for SD."""
     from diffalign.models.loading import load_sd_components
     from diffalign.objectives import get_objective
-    from diffalign.train import start_token_state
+    from diffalign.training.build import start_token_state
 
     parts = load_sd_components(str(tiny_sdxl))
     pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl)

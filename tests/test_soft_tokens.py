@@ -131,19 +131,20 @@ def test_tokens_start_as_the_empty_prompts_start_token_state_as_the_reference_co
     token_init normal: N(0, 0.02²)."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    import diffalign.models.soft_tokens as soft_tokens
     import diffalign.train as trainer
     from diffalign.config import load_config
     from diffalign.paths import REPO_ROOT
 
     started = {}
-    real_attach = trainer.attach_soft_tokens
+    real_attach = soft_tokens.attach_soft_tokens
 
     def attach(unet, *args, **kwargs):  # called through; the starting tokens recorded
         tokens = real_attach(unet, *args, **kwargs)
         started["tokens"] = tokens.tokens.detach().clone()
         return tokens
 
-    monkeypatch.setattr(trainer, "attach_soft_tokens", attach)
+    monkeypatch.setattr(soft_tokens, "attach_soft_tokens", attach)  # what the trainer's components call
     cfg = load_config(REPO_ROOT / "configs/toy/softrepa.yaml", [
         ("objective.token_init", token_init), ("train.max_steps", "1"), ("train.batch_size", "2"),
         ("data.max_pairs", "4"), ("eval.enabled", "false"), ("train.report_to", "none"), ("output_dir", str(tmp_path))])

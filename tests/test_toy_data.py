@@ -8,7 +8,9 @@ from datasets import load_dataset
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from diffalign.paths import TOY_DATA, TOY_SD
+from diffalign.paths import REPO_ROOT, TOY_DATA, TOY_SD
+from diffalign.toy.captioned import captioned_rows, training_side_scenes
+from diffalign.toy.captions import parse
 from diffalign.toy.preferences import PERSONA_IDS, build_toy_data
 from diffalign.toy.prompts import is_heldout
 
@@ -77,3 +79,24 @@ def test_shipped_sets_load_and_fit_the_size_budget():
     _check_pairs(pairs.select(range(200)))
     ties = np.mean([l == 0.5 for l in pairs["label_0"]])
     assert 0 < ties < 0.3  # like Pick-a-Pic's ~12%: present, not dominant
+
+
+# The toy world's captioned scenes (library code that the attribute-learnability study also uses).
+def test_the_scene_stream_states_what_it_is_told_and_never_a_heldout_caption():
+    scenes = training_side_scenes(np.random.default_rng(0), stated={"position": 1.0, "background": 0.0})
+    specs = [next(scenes) for _ in range(200)]
+    assert all(spec.objects[0].position and spec.background is None for spec, _ in specs)
+    assert all(parse(caption) == spec and not is_heldout(caption) for spec, caption in specs)
+    with pytest.raises(ValueError, match="only for size, position, background"):  # at the call, not at next()
+        training_side_scenes(np.random.default_rng(0), stated={"colour": 1.0})
+    with pytest.raises(ValueError, match="single-object scenes"):
+        training_side_scenes(np.random.default_rng(0), long=True, stated={"position": 1.0})
+
+
+def test_captioned_rows_still_make_the_shipped_tdpo_data():
+    """captioned_rows now reads the scene stream; the shipped file (seed 0) must come out the same, byte for byte."""
+    from datasets import load_dataset
+
+    shipped = load_dataset("parquet", data_files=str(REPO_ROOT / "assets/toy-data/captioned.parquet"),
+                           split="train").select(range(25))
+    assert [(r["caption"], r["image"]) for r in captioned_rows(25)] == list(zip(shipped["caption"], shipped["image"]))

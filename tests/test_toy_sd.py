@@ -7,7 +7,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from diffalign.paths import TOY_SD
-from diffalign.toy.sampling import generate
+from diffalign.evaluation.sampling import generate
 from diffalign.toy.scoring import judge
 
 

@@ -257,11 +257,11 @@ def test_loader_workers_and_channels_last_train_the_same_weights(tmp_path):
 
 
 def test_ema_update_is_the_lerp_toward_the_policy():
-    from diffalign.train import ema_update
+    from diffalign.training.components import EmaReference
 
     reference, policy = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     before = [p.clone() for p in reference.parameters()]
-    ema_update(reference, policy, decay=0.9)
+    EmaReference(reference, policy, decay=0.9).after_update()
     for r, b, p in zip(reference.parameters(), before, policy.parameters()):
         torch.testing.assert_close(r, 0.9 * b + 0.1 * p)
 

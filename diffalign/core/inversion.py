@@ -15,7 +15,7 @@ The row is then trained at its own t on x_inv with the reparameterised noise
     eps* = (x_inv - sqrt(ᾱ_t) x0) / sqrt(1 - ᾱ_t),   so that   x_inv = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) eps*  exactly.
 
 Differences from the authors' script, on purpose: it takes one t for the whole batch (batch size 1 only) and adds
-the noise of the *next* grid step (variance between u and u + 100); METHODS.md specifies the step just taken.
+the noise of the *next* grid step (variance between u and u + 100); docs/methods.md specifies the step just taken.
 diffusers' ``DDIMInverseScheduler`` is not used: its step semantics and ``clip_sample`` default differ.
 """
 

@@ -42,6 +42,12 @@ class RewardStep:
         self.resolution, self.latent_side = resolution, resolution // factor
         self._uncond = None
 
+    def flush(self) -> None:
+        """Nothing pending (no encoding cache: the images are the policy's own samples)."""
+
+    def summary(self) -> dict:
+        return {}
+
     @torch.no_grad()
     def _encode(self, captions: list[str], input_ids: torch.Tensor | None):
         """-> (states [B, L, D], pooled [B, P] or None). L = 77 (truncate) or max_text_length (segments)."""

@@ -46,7 +46,7 @@ class TrainStep:
         encoded sentence by sentence ([U, max_text_length, D]) instead of from its 77 ids."""
         if trained_text is not None and cache is not None:
             raise ValueError("a trained text encoder's states cannot come from the encoding cache")
-        self.segments = getattr(objective, "text_encoding", "truncate") == "segments"
+        self.segments = objective.text_encoding == "segments"
         if self.segments and (segment_encoders is None or cache is not None or trained_text is not None):
             raise ValueError("segment encoding needs segment_encoders and frozen, uncached text encoders")
         self.segment_encoders = segment_encoders
@@ -57,8 +57,7 @@ class TrainStep:
         self.conditioner = self.encoders.conditioner
         self.noise_scheduler, self.frozen_reference, self.accelerator = noise_scheduler, frozen_reference, accelerator
         self.scaling = vae.config.scaling_factor
-        if hasattr(objective, "cross_process_mean"):  # KTO's reference point is averaged over processes
-            objective.cross_process_mean = self._weighted_mean_over_processes
+        objective.bind_processes(self._weighted_mean_over_processes)  # e.g. KTO's reference point
 
     def anchor_empty_prompt(self, empty_ids: torch.Tensor, weight: float) -> None:
         """Add ``weight`` x empty_prompt_drift to every loss (train.empty_prompt_anchor), where

@@ -32,7 +32,7 @@ class CaptionedImages(TableExamples):
         super().__init__(cfg, tokenizer, seed, table, np.arange(len(table)))
         self.negatives, self.caption_dropout = negatives, caption_dropout
         self.given_negatives = "negative_caption" in table.column_names
-        self.perturber = perturber or RulePerturber(tuple(cfg.perturb_axes))
+        self.perturber = perturber or RulePerturber()  # every axis
 
     def negative(self, caption: str, record: dict, rng: np.random.Generator, where: str) -> str:
         if self.given_negatives:

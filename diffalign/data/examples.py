@@ -11,55 +11,13 @@ from PIL import Image
 
 from ..config import DataConfig
 from ..core.noise import example_seed
+from .images import WHITE, to_rgb
 from .tables import open_table, require_columns
 
 
 class BadSample(ValueError):
     """One example that cannot be used (undecodable or too small image, missing caption). With
     ``data.on_bad_sample=skip`` it is left out of its batch and counted; otherwise it stops the run."""
-
-
-WHITE = (255, 255, 255)
-# The 8-, 16- and 32-bit integer ranges: the brightest value of each maps to 255.
-_INTEGER_RANGES = (255, 65535, 2**31 - 1)
-
-
-def to_rgb(image: Image.Image, background=WHITE) -> Image.Image:
-    """A PIL image in any mode Pillow opens -> 8-bit RGB, with any transparency composited on ``background``.
-
-    Pillow's own ``convert("RGB")`` clips 16/32-bit and float values to 0..255 (a 16-bit PNG turns white) and drops
-    alpha (transparent pixels show whatever colour they hold, often black); this scales and composites instead.
-    """
-    if image.mode == "La":  # premultiplied; Pillow converts it to nothing but LA
-        image = image.convert("LA")
-    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-        image = _high_depth_to_8bit(image)
-    if {"A", "a"} & set(image.getbands()) or "transparency" in image.info:  # alpha band, palette/colour-key tRNS
-        canvas = Image.new("RGBA", image.size, (*background, 255))
-        return Image.alpha_composite(canvas, image.convert("RGBA")).convert("RGB")
-    return image.convert("RGB")
-
-
-def _high_depth_to_8bit(image: Image.Image) -> Image.Image:
-    """I;16* / I / F [H, W] -> L (LA where a transparency value is set), the values scaled from their range."""
-    values = np.nan_to_num(np.asarray(image, dtype=np.float64))
-    full = _full_scale(image.mode, values)
-    gray = Image.fromarray(np.rint(np.clip(values, 0, full) * 255 / full).astype(np.uint8))  # 65535 -> v / 257
-    if "transparency" not in image.info:
-        return gray
-    alpha = np.where(values == image.info["transparency"], 0, 255).astype(np.uint8)
-    return Image.merge("LA", (gray, Image.fromarray(alpha)))
-
-
-def _full_scale(mode: str, values: np.ndarray) -> float:
-    """The value that maps to 255. I;16 images are 16-bit by their file. I and F carry no bit depth (Pillow makes
-    them from L, I;16 and 32-bit TIFFs): the smallest integer range that holds the brightest value, and for F
-    also [0, 1], float images' usual range. (So an I/F image darker than 1/255 of its true range is misread.)"""
-    if mode.startswith("I;16"):
-        return 65535
-    ranges = ((1.0,) if mode == "F" else ()) + _INTEGER_RANGES
-    brightest = values.max(initial=0)
-    return next((r for r in ranges if brightest <= r), ranges[-1])
 
 
 def decode_image(data, where: str, resolution: int | None = None, background=WHITE) -> Image.Image:

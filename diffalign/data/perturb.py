@@ -11,8 +11,9 @@ Axes (each replaces one phrase with another of the same class, so the result sta
   (left of → right of);
 - ``context``: the surroundings — backgrounds (on a beige background → on a sky background), weather, time of
   day, places. A caption with no context gets one appended, so ``context`` always applies.
-Both the toy grammar and free text are covered; toy words are replaced only by toy words, so perturbed toy
-captions still parse. A perturbation never returns its input.
+Both captions in the shape vocabulary (data.vocabulary, the toy world's grammar) and free text are covered;
+vocabulary words are replaced only by vocabulary words, so a perturbed caption in it still reads. A perturbation
+never returns its input.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..toy.captions import _LONG_WHERE, _SHORT_WHERE, parse
-from ..toy.world import BACKGROUND_COLOURS, OBJECT_COLOURS, SHAPES, SIZE_RANGES
+from .vocabulary import BACKGROUND_COLOURS, LONG_WHERE, OBJECT_COLOURS, SHAPES, SHORT_WHERE, SIZE_RANGES, read_caption
 
 AXES = ("content", "attribute", "spatial", "context")
 
@@ -47,8 +47,8 @@ _CLASSES: dict[str, list[tuple[str, ...]]] = {
         ("photo", "painting", "sketch", "cartoon", "watercolor", "oil painting", "3d render", "pixel art"),
     ],
     "spatial": [
-        tuple(_SHORT_WHERE.values()),
-        tuple(_LONG_WHERE.values()),
+        tuple(SHORT_WHERE.values()),
+        tuple(LONG_WHERE.values()),
         ("left of", "right of", "above", "below", "behind", "in front of", "next to", "on top of"),
     ],
     "context": [
@@ -67,7 +67,7 @@ _MIRROR = {"left": "right", "right": "left", "top": "bottom", "bottom": "top", "
            "bottom left": "top right"}
 _CORNERS = ("top left", "top right", "bottom left", "bottom right")
 _OPPOSITES: dict[str, tuple[str, ...]] = {}
-for _where in (_SHORT_WHERE, _LONG_WHERE):
+for _where in (SHORT_WHERE, LONG_WHERE):
     for _key, _phrase in _where.items():
         _OPPOSITES[_phrase] = (_where[_MIRROR[_key]],) if _MIRROR[_key] else tuple(_where[c] for c in _CORNERS)
 _OPPOSITES |= {"left of": ("right of",), "right of": ("left of",), "above": ("below",), "below": ("above",),
@@ -113,13 +113,14 @@ def _fix_articles(text: str) -> str:
 
 
 def _append_context(caption: str, rng: np.random.Generator) -> str:
-    """A caption without context gets one: a background in the toy grammar, a time/weather phrase otherwise."""
+    """A caption without context gets one: a background in the shape vocabulary's grammar, a time/weather phrase
+    otherwise."""
     try:
-        parse(caption)
-        toy = True
+        read_caption(caption)
+        in_vocabulary = True
     except ValueError:
-        toy = False
-    if toy:
+        in_vocabulary = False
+    if in_vocabulary:
         colour = list(BACKGROUND_COLOURS)[int(rng.integers(len(BACKGROUND_COLOURS)))]
         if caption.rstrip().endswith("."):  # sentence style: one more sentence
             return f"{caption.rstrip()} the background is {colour}."

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
-from ..models.user_encoders import UserEncoder, UserExample
+from ..models.user_encoders import UserEncoder
+from ..models.user_examples import UserExample
 from .examples import BadSample, decode_image, without_skipped
 from .pairs import PreferencePairs, collate_pairs
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import torch
 
 from ..models.loading import check_pipeline_source
-from ..toy.sampling import cases
 from .generation import SamplingSettings, images_for
 from .models import ModelSpec, check_adapter_weights, parse_adapter
 from .plots import save_distributions, save_side_by_side
 from .prompt_sources import load_prompts
 from ..ranges import check_ranges, count, seed
 from .report import Report
+from .sampling import cases
 from .scoring import build_scorers, score_images
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ def evaluate(model: str, adapters: list[str | ModelSpec] = (), prompts: str | li
 
     adapters: LoRA folders/files or full fine-tune folders (with unet/), as ``PATH`` or ``NAME=PATH[@SCALE]``.
     prompts: a list, or a source for ``load_prompts`` (``toy:attributes``, a .txt/.jsonl file, a dataset).
+    The defaults (``toy:attributes``, the scorer ``toy``) are the toy world's: ``import diffalign.toy.plugin`` first.
     Every prompt is sampled with seeds first_seed .. first_seed + seeds_per_prompt - 1. Images are cached under
     ``output_dir/images`` and reused when rerun with the same weights and settings (``cache=False`` to resample).
     """

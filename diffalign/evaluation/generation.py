@@ -2,7 +2,7 @@
 what is missing.
 
 Images are lossless PNGs under ``<cache>/<model name>-<fingerprint>-<settings hash>/<case hash>.png``; a case is
-(prompt, seed) and its image depends on nothing else (one generator per case, see toy.sampling.generate), so
+(prompt, seed) and its image depends on nothing else (one generator per case, see sampling.generate), so
 cached and fresh images are interchangeable and the same seeds serve every model compared.
 """
 
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..toy.sampling import generate
 from .models import ModelSpec, load_pipeline
 from ..ranges import check_ranges, count, fraction, guidance, image_side
+from .sampling import generate
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def images_for(spec: ModelSpec, prompts: list[str], seeds: list[int], settings: 
         pipe = load_pipeline(spec, device, getattr(torch, settings.dtype))
         size = {k: v for k, v in (("height", settings.height), ("width", settings.width)) if v}
         if settings.text_encoding == "segments":
-            from pipelines.long_prompt_sd import as_long_prompt_pipeline
+            from ..pipelines.long_prompt import as_long_prompt_pipeline
 
             pipe = as_long_prompt_pipeline(pipe, settings.max_text_length)
         fresh = generate(pipe, [prompts[i] for i in missing], [seeds[i] for i in missing],

@@ -105,7 +105,7 @@ def load_pipeline(spec: ModelSpec, device: str = "cpu", dtype: torch.dtype = tor
                     setattr(pipe, name, type(getattr(pipe, name)).from_pretrained(adapter / name, dtype=dtype))
         elif (adapter / "user_adapter.json").is_file():  # PPD: its images depend on a user, which eval has none of
             raise ValueError(f"{adapter} is a PPD user adapter: its images depend on a user. Measure it with "
-                             "benchmarks/ppd_personas.py, or sample with pipelines/personalized_sd.py")
+                             "experiments/ppd_personas.py, or sample with diffalign.pipelines.personalized_sd")
         elif (adapter / "soft_tokens.json").is_file():  # SoftREPA
             from ..models.soft_tokens import load_soft_tokens
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..toy.grid import save_grid
+from .grid import save_grid
 
 
 def save_side_by_side(images: dict[str, np.ndarray], prompts: list[str], seeds: list[int], path: Path) -> Path:

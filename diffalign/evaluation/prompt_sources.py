@@ -1,7 +1,8 @@
 """Where evaluation prompts come from.
 
-- ``toy:<set>``: a built-in toy set (``toy:attributes`` is the base-model table's set; also ``toy:persona`` and
-  ``toy:long``): its held-out side, or its training side with ``split="train"`` (reward fine-tuning's prompts);
+- ``<name>:<set>``: a set of a registered source (``register_prompt_source``), e.g. the toy world's, registered by
+  ``import diffalign.toy.plugin``: ``toy:attributes`` (the base-model table's set), ``toy:persona``, ``toy:long``,
+  each its held-out side, or its training side with ``split="train"`` (reward fine-tuning's prompts);
 - a ``.txt`` file: one prompt per line (blank lines are not prompts and are skipped);
 - a ``.jsonl`` file: one JSON object per line with the prompt under ``column`` (default: "prompt", else "caption");
 - anything else is a table (hub dataset id, local parquet file or folder; see data.tables) read at ``split`` and
@@ -13,9 +14,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 TEXT_KEYS = ("prompt", "caption")
-TOY_SPLITS = {"train": "train", "test": "heldout", "heldout": "heldout"}  # a typo must not train on held-out prompts
+# name -> read(set, split) -> prompts, for sources written "<name>:<set>"
+SOURCES: dict[str, Callable[[str, str], list[str]]] = {}
+
+
+def register_prompt_source(name: str, read: Callable[[str, str], list[str]]) -> None:
+    """Make ``"<name>:<set>"`` a prompt source: ``read(set, split)`` returns its prompts (``split`` as given to
+    ``load_prompts``; a source that splits its sets must reject a split it does not know, not fall back to one)."""
+    if name in SOURCES:
+        raise ValueError(f"prompt source {name!r} registered twice")
+    SOURCES[name] = read
 
 
 def _from_jsonl(path: Path, column: str | None) -> list[str]:
@@ -52,13 +63,13 @@ def _from_dataset(source: str, split: str, column: str | None) -> list[str]:
 
 def load_prompts(source: str, column: str | None = None, split: str = "test", limit: int | None = None) -> list[str]:
     """The prompts of ``source`` (see the module docstring), the first ``limit`` of them if given."""
-    if source.startswith("toy:"):
-        from ..toy.prompts import prompt_set
-
-        if split not in TOY_SPLITS:
-            raise ValueError(f"{source}: split {split!r} is not a toy split; expected 'train' (the training side) or "
-                             "'test' / 'heldout' (the held-out side)")
-        prompts = prompt_set(source[len("toy:"):], TOY_SPLITS[split])
+    name, colon, rest = source.partition(":")
+    if colon and name in SOURCES:
+        prompts = SOURCES[name](rest, split)
+    elif colon and name.isidentifier() and not rest.startswith("//") and not Path(source).exists():
+        raise ValueError(f"{source}: no prompt source {name!r} is registered (registered: {sorted(SOURCES)}); a "
+                         "source registers when its module is imported, the toy world's with `import "
+                         "diffalign.toy.plugin`")
     elif Path(source).suffix == ".txt":
         prompts = [line.strip() for line in Path(source).read_text(encoding="utf-8").splitlines() if line.strip()]
     elif Path(source).suffix == ".jsonl":

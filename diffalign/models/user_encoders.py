@@ -16,23 +16,14 @@ Examples of a pair with a tie carry no preference: the data layer never passes t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
+from .user_examples import UserExample
+from .user_vlm import VLMUserEncoder
+
 ENCODER_KINDS = ("clip_difference", "vlm")
-
-
-@dataclass
-class UserExample:
-    """One preference of a user. ``chosen``/``rejected``: PIL images; ``key`` names the example for caching
-    (e.g. ``"pairs.parquet#17"``), None: never cached. Subclasses may decode the images lazily."""
-
-    caption: str
-    chosen: object
-    rejected: object
-    key: str | None = None
 
 
 class UserEncoder(Protocol):
@@ -97,7 +88,5 @@ def build_user_encoder(spec: dict, device: str = "cpu", dtype: torch.dtype = tor
         raise ValueError(f"user encoder {kind!r} needs a model (a hub id or a local folder); got {model!r}")
     if kind == "clip_difference":
         return ClipDifferenceEncoder(model, device, dtype)
-    from .user_vlm import VLMUserEncoder
-
     return VLMUserEncoder(model, device, dtype, trust_remote_code=trust_remote_code,
                           prompt=spec.get("prompt"))

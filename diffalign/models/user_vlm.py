@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .user_encoders import UserExample
+from .user_examples import UserExample
 
 DEFAULT_PROMPT = ("Here are examples of one user's choices between two images made from the same caption. "
                   "Describe what this user prefers.")

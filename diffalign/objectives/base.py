@@ -7,7 +7,7 @@ InPO), ``"captions"`` (one image, two captions: TPO), ``"single"`` (labelled sin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -29,15 +29,66 @@ class PairErrors:
         return cls(pw, pl, rw, rl)
 
 
+def _local_mean(value: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """One process: the weighted mean of a single value is that value."""
+    return value
+
+
+@dataclass
+class Options:
+    """An objective's options, the config's ``objective:`` section: each field typed, with its default and a comment
+    that documents it (``--print-config`` shows them). config.validate checks the types; ``check`` the ranges."""
+
+    def check(self) -> None:
+        """Raise ValueError naming an option whose value is out of its range."""
+
+
 class Objective:
+    """The contract the trainer reads: every capability is declared here with its default (no probing).
+
+    One loss entry point per ``step_kind``: ``row_loss`` (denoising: per-row errors of the policy and reference)
+    or ``reward_loss`` (reward fine-tuning: scores of the policy's own samples).
+    """
+
+    Options: type[Options] = Options  # this objective's options dataclass
     name: str = ""
-    needs_reference: bool = True
-    pair_axis: str = "images"
+    summary: str = ""  # one line for --help: what it trains on, its paper
+    needs_reference: bool = True  # denoising errors of a reference model (the adapter-free or frozen start) too
+    pair_axis: str = "images"  # what a batch's rows pair up over: images, captions, single, batch, captioned, prompts
+    trains: str = "unet"  # what trains: "unet" (a LoRA or all weights), "user_adapter" (PPD), "soft_tokens" (SoftREPA)
+    step_kind: str = "denoising"  # "denoising": row_loss on per-sample errors; "reward": sample, score, reward_loss
+    text_encoding: str = "truncate"  # "truncate": CLIP's 77 tokens; "segments": sentence by sentence (LongAlign)
+    max_text_length: int = 77  # rows of text states under segment encoding
+    examples_per_user: int | None = None  # PPD: a pair's user is embedded from this many of the user's other pairs
+    reversed_users: float = 0.0  # PPD: share of pairs shown as their user's reversed twin (data/user_pairs.py)
     noising: str = "forward"  # "forward": x_t = add_noise(x0, eps, t); "ddim_inversion": InPO's inverted x_t
     inversion_options: dict = {}
     inversion_model: str = "policy"  # which UNet inverts (InPO): "policy" or "reference"
+    # (value, weight) -> the weight-averaged value over processes (scalars); the trainer hands the real one in with
+    # bind_processes. An objective whose loss needs a statistic of the whole global batch (KTO's reference point)
+    # calls it; with one process it is the value itself.
+    weighted_mean_over_processes = staticmethod(_local_mean)
+    # What the data factory reads (data/factory.py), declared for every objective; the ones that own such an option
+    # read it from their Options.
+    desirable_ratio: float | None = None  # single images: share of desirable draws (None: a plain shuffle)
+    perturb_axes: tuple[str, ...] = ()  # caption pairs: which attribute kinds the rule perturber changes
+    perturber_model: str | None = None  # caption pairs: a local text-generation model instead of the rules
+
+    def __init__(self, **options):
+        """``options``: the fields of ``Options`` (an unknown one is a TypeError); their ranges are checked."""
+        self.options = self.Options(**options)
+        self.options.check()
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [f.name for f in fields(cls.Options)]
+
+    def bind_processes(self, weighted_mean) -> None:
+        """Receive the trainer's cross-process weighted mean (see ``weighted_mean_over_processes``)."""
+        self.weighted_mean_over_processes = weighted_mean
 
     def loss(self, errors: PairErrors, batch: dict | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """A pair objective's loss on split errors; ``row_loss`` calls it."""
         raise NotImplementedError
 
     def prepare_batch(self, batch: dict) -> dict:
@@ -45,12 +96,17 @@ class Objective:
         return batch
 
     def empty_batch_collectives(self, device) -> None:
-        """Join, with no data, any cross-process reduction ``loss`` makes (a rank whose micro-batch was all
+        """Join, with no data, any cross-process reduction ``row_loss`` makes (a rank whose micro-batch was all
         skipped bad samples must not leave the others waiting). Default: the loss makes none."""
 
     def row_loss(self, policy: torch.Tensor, ref: torch.Tensor | None, batch: dict):
-        """Loss from per-row errors [R]. Pair objectives see them split into (w, l) halves; others override."""
+        """Denoising step's loss from per-row errors [R]. Pair objectives see them split into (w, l) halves
+        (``loss``); others override."""
         return self.loss(PairErrors.from_stacked(policy, ref), batch)
+
+    def reward_loss(self, scores: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Reward step's loss from the reward of each sampled image [B] (step_kind "reward")."""
+        raise NotImplementedError
 
 
 REGISTRY: dict[str, type[Objective]] = {}

@@ -20,11 +20,12 @@ likelihood from falling with the margin); 0 = off. Its scale is λ against the D
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .base import Objective, PairErrors, implicit_accuracy, register
+from .base import Objective, Options, PairErrors, implicit_accuracy, register
 
 LINKS = ("sigmoid", "hinge", "ipo", "cdpo", "rdpo")
 
@@ -46,48 +47,58 @@ def dpo_link(h: torch.Tensor, beta: float, link: str = "sigmoid", epsilon: float
     raise ValueError(f"unknown DPO link {link!r}; expected one of {LINKS}")
 
 
-@register
-class DiffusionDPO(Objective):
-    name = "dpo"
-    needs_reference = True
-    pair_axis = "images"
+@dataclass
+class DPOOptions(Options):
+    beta: float = 5000.0  # β with the paper's ½: L = -log σ(β/2 · h); 0 only with sft_weight > 0 (plain SFT)
+    link: str = "sigmoid"  # sigmoid | hinge | ipo | cdpo (label smoothing) | rdpo (robust to label flips)
+    epsilon: float = 0.0  # cdpo: label smoothing in [0, 0.5]; rdpo: the labels' flip rate in [0, 0.5)
+    ipo_tau: float = 1.0  # ipo: τ in L = (h - 1/(2τ))²
+    sft_weight: float = 0.0  # λ: adds λ · (mean winner error), Iterative RPO's NLL term (arXiv 2404.19733); 0 = off
 
-    def __init__(self, beta: float = 5000.0, link: str = "sigmoid", epsilon: float = 0.0, ipo_tau: float = 1.0,
-                 sft_weight: float = 0.0):
-        if link not in LINKS:
-            raise ValueError(f"unknown DPO link {link!r}; expected one of {LINKS}")
-        if link == "rdpo" and not 0 <= epsilon < 0.5:
-            raise ValueError(f"rdpo needs a flip rate epsilon in [0, 0.5); got {epsilon}")
-        if link == "cdpo" and not 0 <= epsilon <= 0.5:
-            raise ValueError(f"cdpo needs label smoothing epsilon in [0, 0.5]; got {epsilon}")
-        if not 0 < ipo_tau < math.inf:  # "not" form: NaN fails too
-            raise ValueError(f"ipo_tau must be a finite number > 0; got {ipo_tau}")
-        if not 0 <= sft_weight < math.inf:
-            raise ValueError(f"sft_weight must be a finite number >= 0; got {sft_weight}")
+    def check(self) -> None:
+        super().check()
+        if self.link not in LINKS:
+            raise ValueError(f"unknown DPO link {self.link!r}; expected one of {LINKS}")
+        if self.link == "rdpo" and not 0 <= self.epsilon < 0.5:
+            raise ValueError(f"rdpo needs a flip rate epsilon in [0, 0.5); got {self.epsilon}")
+        if self.link == "cdpo" and not 0 <= self.epsilon <= 0.5:
+            raise ValueError(f"cdpo needs label smoothing epsilon in [0, 0.5]; got {self.epsilon}")
+        if not 0 < self.ipo_tau < math.inf:  # "not" form: NaN fails too
+            raise ValueError(f"ipo_tau must be a finite number > 0; got {self.ipo_tau}")
+        if not 0 <= self.sft_weight < math.inf:
+            raise ValueError(f"sft_weight must be a finite number >= 0; got {self.sft_weight}")
         # A negative beta trains towards the rejected images. beta 0 leaves only the sft_weight term (plain
         # fine-tuning on the winners, the control run of the TPO study); with no sft_weight nothing would train.
-        if not (0 < beta < math.inf or (beta == 0 and sft_weight > 0)):
-            raise ValueError(f"beta must be a finite number > 0 (0 only with sft_weight > 0); got {beta}")
-        self.beta, self.link, self.epsilon, self.ipo_tau = beta, link, epsilon, ipo_tau
-        self.sft_weight = sft_weight
+        if not (0 < self.beta < math.inf or (self.beta == 0 and self.sft_weight > 0)):
+            raise ValueError(f"beta must be a finite number > 0 (0 only with sft_weight > 0); got {self.beta}")
+
+
+@register
+class DiffusionDPO(Objective):
+    Options = DPOOptions
+    name = "dpo"
+    summary = "Diffusion-DPO on image pairs (caption, jpg_0, jpg_1, label_0), five links. arXiv 2311.12908"
+    needs_reference = True
+    pair_axis = "images"
 
     def loss(self, errors: PairErrors, batch: dict | None = None):
         if errors.ref_w is None:
             raise ValueError("dpo needs reference errors (ref_w, ref_l)")
+        o = self.options
         win_gain = errors.ref_w - errors.policy_w  # [B]: how much better the policy denoises the winner
         lose_gain = errors.ref_l - errors.policy_l
         h = win_gain - lose_gain
-        loss = dpo_link(h, self.beta, self.link, self.epsilon, self.ipo_tau).mean()
+        loss = dpo_link(h, o.beta, o.link, o.epsilon, o.ipo_tau).mean()
         metrics = {
             "implicit_acc": implicit_accuracy(h).item(),
             "margin": h.mean().item(),
-            "reward_w": (0.5 * self.beta * win_gain).mean().item(),
-            "reward_l": (0.5 * self.beta * lose_gain).mean().item(),
+            "reward_w": (0.5 * o.beta * win_gain).mean().item(),
+            "reward_l": (0.5 * o.beta * lose_gain).mean().item(),
             "err_policy_w": errors.policy_w.mean().item(), "err_policy_l": errors.policy_l.mean().item(),
             "err_ref_w": errors.ref_w.mean().item(), "err_ref_l": errors.ref_l.mean().item(),
         }
-        if self.sft_weight:  # the winners' own denoising loss (Iterative RPO's NLL term)
-            sft = self.sft_weight * errors.policy_w.mean()
+        if o.sft_weight:  # the winners' own denoising loss (Iterative RPO's NLL term)
+            sft = o.sft_weight * errors.policy_w.mean()
             loss = loss + sft
             metrics["sft_term"] = sft.item()
         return loss, metrics

@@ -9,30 +9,46 @@ of a pair share t. Defaults (paper): β 2000 (SD1.5) / 5000 (SDXL), lr ≈ 1e-5,
 ``inversion_model="reference"`` (not in the paper) inverts with the frozen reference instead of the policy. With
 the policy, the inverted latents move with the model being trained, and the margin can grow by making the
 winners' inversions odd for the reference; on the toy world that variant loses to the base (42%) while
-reference inversion wins (67.5%; README).
+reference inversion wins (67.5%; docs/results.md).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 from .base import register
-from .dpo import DiffusionDPO
+from .dpo import DiffusionDPO, DPOOptions
+
+
+@dataclass
+class InPOOptions(DPOOptions):
+    beta: float = 2000.0  # β with the paper's ½, as DPO's
+    inversion_steps: int = 10  # DDIM inversion steps from x0 to x_t
+    inversion_eta: float = 0.1  # stochasticity of the inversion (η)
+    # "policy" (the paper and its code) or "reference" (the frozen start: the inverted latents then no longer move
+    # with the policy being trained)
+    inversion_model: str = "policy"
+
+    def check(self) -> None:
+        super().check()
+        if self.inversion_model not in ("policy", "reference"):
+            raise ValueError(f"inversion_model must be 'policy' or 'reference'; got {self.inversion_model!r}")
+        if self.inversion_steps < 1:
+            raise ValueError(f"inversion_steps must be >= 1; got {self.inversion_steps}")
+        if not 0 <= self.inversion_eta < math.inf:
+            raise ValueError(f"inversion_eta must be a finite number >= 0; got {self.inversion_eta}")
 
 
 @register
 class DDIMInPO(DiffusionDPO):
+    Options = InPOOptions
     name = "inpo"
+    summary = "DDIM-InPO: DPO on DDIM-inverted latents of image pairs. arXiv 2503.18454"
     noising = "ddim_inversion"
 
-    def __init__(self, beta: float = 2000.0, inversion_steps: int = 10, inversion_eta: float = 0.1,
-                 inversion_model: str = "policy", **dpo_options):
-        """``inversion_model``: "policy" (the paper and its code) or "reference" (the frozen start: the inverted
-        latents then no longer move with the policy being trained)."""
-        super().__init__(beta=beta, **dpo_options)
-        if inversion_model not in ("policy", "reference"):
-            raise ValueError(f"inversion_model must be 'policy' or 'reference'; got {inversion_model!r}")
-        self.inversion_model = inversion_model
-        if inversion_steps < 1:
-            raise ValueError(f"inversion_steps must be >= 1; got {inversion_steps}")
-        if inversion_eta < 0:
-            raise ValueError(f"inversion_eta must be >= 0; got {inversion_eta}")
-        self.inversion_options = {"steps": int(inversion_steps), "eta": float(inversion_eta)}
+    def __init__(self, **options):
+        super().__init__(**options)
+        o = self.options
+        self.inversion_model = o.inversion_model
+        self.inversion_options = {"steps": int(o.inversion_steps), "eta": float(o.inversion_eta)}

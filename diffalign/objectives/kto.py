@@ -18,11 +18,13 @@ z0 is estimated per micro-batch (not over accumulation) and averaged across proc
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .base import Objective, register
+from .base import Objective, Options, register
+from .caption_pairs import CaptionPairs, CaptionPerturbOptions
 
 UTILITIES = ("sigmoid", "loss_averse", "risk_seeking")
 REFERENCE_POINTS = ("batch_mean", "class_means", "mismatched")
@@ -39,37 +41,58 @@ def kto_utility_loss(u: torch.Tensor, utility: str) -> torch.Tensor:
     raise ValueError(f"unknown KTO utility {utility!r}; expected one of {UTILITIES}")
 
 
+@dataclass
+class KTOLossOptions(Options):
+    beta: float = 1000.0  # β (no ½): u = β · label · (g - z0)
+    utility: str = "sigmoid"  # sigmoid | loss_averse | risk_seeking
+    reference_point: str = "batch_mean"  # z0: batch_mean (clamped at 0) | class_means | mismatched (captions rolled)
+    lambda_desirable: float = 1.0  # λ_D: weight of the desirable rows' loss
+    lambda_undesirable: float = 1.0  # λ_U: weight of the undesirable rows' loss
+
+    def check(self) -> None:
+        super().check()
+        if self.utility not in UTILITIES:
+            raise ValueError(f"unknown KTO utility {self.utility!r}; expected one of {UTILITIES}")
+        if self.reference_point not in REFERENCE_POINTS:
+            raise ValueError(f"unknown KTO reference_point {self.reference_point!r}; expected one of "
+                             f"{REFERENCE_POINTS}")
+        if not (0 <= self.lambda_desirable < math.inf and 0 <= self.lambda_undesirable < math.inf):  # NaN too
+            raise ValueError(f"lambda_desirable and lambda_undesirable must be finite numbers >= 0; got "
+                             f"{self.lambda_desirable}, {self.lambda_undesirable}")
+        if not 0 < self.beta < math.inf:  # a negative beta rewards the undesirable images
+            raise ValueError(f"beta must be a finite number > 0; got {self.beta}")
+
+
+@dataclass
+class KTOOptions(KTOLossOptions):
+    # the sampler's share of desirable draws, as the paper's (data/sampler.py); null = a plain shuffle of the data
+    desirable_ratio: float | None = 0.8
+
+    def check(self) -> None:
+        super().check()
+        if self.desirable_ratio is not None and not 0 < self.desirable_ratio < 1:
+            raise ValueError(f"desirable_ratio must be in (0, 1) or null; got {self.desirable_ratio}")
+
+
 @register
 class DiffusionKTO(Objective):
+    Options = KTOOptions
     name = "kto"
+    summary = "Diffusion-KTO on thumbs up/down (caption, image, label). arXiv 2404.04465"
     pair_axis = "single"
     needs_reference = True
 
-    def __init__(self, beta: float = 1000.0, utility: str = "sigmoid", reference_point: str = "batch_mean",
-                 lambda_desirable: float = 1.0, lambda_undesirable: float = 1.0):
-        if utility not in UTILITIES:
-            raise ValueError(f"unknown KTO utility {utility!r}; expected one of {UTILITIES}")
-        if reference_point not in REFERENCE_POINTS:
-            raise ValueError(f"unknown KTO reference_point {reference_point!r}; expected one of {REFERENCE_POINTS}")
-        if not (0 <= lambda_desirable < math.inf and 0 <= lambda_undesirable < math.inf):  # NaN fails too
-            raise ValueError(f"lambda_desirable and lambda_undesirable must be finite numbers >= 0; got "
-                             f"{lambda_desirable}, {lambda_undesirable}")
-        if not 0 < beta < math.inf:  # a negative beta rewards the undesirable images
-            raise ValueError(f"beta must be a finite number > 0; got {beta}")
-        self.beta, self.utility, self.reference_point = beta, utility, reference_point
-        self.lambda_desirable, self.lambda_undesirable = lambda_desirable, lambda_undesirable
-        # (value, weight) -> the weighted mean of value over processes; the trainer sets accelerate's. Weighted by
-        # each rank's rows so a rank whose micro-batch was all skipped bad samples (weight 0) does not pull z0
-        # to 0, and still joins the collective (an absent rank would hang the others).
-        self.cross_process_mean = lambda value, weight: value
+    @property
+    def desirable_ratio(self) -> float | None:
+        return self.options.desirable_ratio
 
     def empty_batch_collectives(self, device) -> None:
         """A micro-batch with no rows on this rank still takes part in the z0 reduction, with weight 0."""
-        self.cross_process_mean(torch.zeros((), device=device), torch.zeros((), device=device))
+        self.weighted_mean_over_processes(torch.zeros((), device=device), torch.zeros((), device=device))
 
     def prepare_batch(self, batch: dict) -> dict:
         """``mismatched``: append detached rows (x_i, c_{i+1}) whose rewards set the reference point."""
-        if self.reference_point != "mismatched":
+        if self.options.reference_point != "mismatched":
             return batch
         rows = len(batch["row_image"])
         out = dict(batch)
@@ -80,15 +103,17 @@ class DiffusionKTO(Objective):
         return out
 
     def reference_point_value(self, g: torch.Tensor, labels: torch.Tensor, g_mismatched: torch.Tensor | None):
-        if self.reference_point == "batch_mean":
+        if self.options.reference_point == "batch_mean":
             z = g.mean()
-        elif self.reference_point == "class_means":
+        elif self.options.reference_point == "class_means":
             means = [g[labels == y].mean() for y in (1, -1) if (labels == y).any()]
             z = torch.stack(means).mean()
         else:
             z = g_mismatched.mean()
         weight = torch.tensor(float(len(g)), device=g.device)
-        return self.cross_process_mean(z.detach(), weight).clamp(min=0)
+        # Weighted by each rank's rows, so a rank whose micro-batch was all skipped bad samples (weight 0) does not
+        # pull z0 to 0, and still joins the collective (an absent rank would hang the others).
+        return self.weighted_mean_over_processes(z.detach(), weight).clamp(min=0)
 
     def row_loss(self, policy: torch.Tensor, ref: torch.Tensor | None, batch: dict):
         if ref is None:
@@ -102,9 +127,9 @@ class DiffusionKTO(Objective):
         else:
             g, g_mismatched = g_all, None
         z0 = self.reference_point_value(g, labels, g_mismatched)
-        u = self.beta * labels * (g - z0)
-        weights = torch.where(labels > 0, self.lambda_desirable, self.lambda_undesirable)
-        loss = (weights * kto_utility_loss(u, self.utility)).mean()
+        u = self.options.beta * labels * (g - z0)
+        weights = torch.where(labels > 0, self.options.lambda_desirable, self.options.lambda_undesirable)
+        loss = (weights * kto_utility_loss(u, self.options.utility)).mean()
         desirable = labels > 0
         metrics = {"z0": float(z0), "implicit_acc": (u > 0).float().mean().item(),
                    "err_policy": policy.mean().item(), "err_ref": ref.mean().item()}
@@ -117,9 +142,17 @@ class DiffusionKTO(Objective):
         return loss, metrics
 
 
+@dataclass
+class TKTOOptions(KTOLossOptions, CaptionPerturbOptions):
+    pass
+
+
 @register
-class TKTO(DiffusionKTO):
+class TKTO(CaptionPairs, DiffusionKTO):
     """TPO's KTO: rows (x, c_w) labelled desirable and (x, c_l) undesirable, sharing eps and t (pair_axis captions)."""
 
+    Options = TKTOOptions
+    desirable_ratio = None  # caption pairs are drawn by a plain shuffle
     name = "tkto"
+    summary = "TKTO: KTO over true/perturbed captions of captioned images (caption, image). arXiv 2509.25771"
     pair_axis = "captions"

@@ -15,10 +15,12 @@ prompt more than to please the scorer in general. No reference model; the LoRA i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ..models.segment_encoding import DEFAULT_MAX_LENGTH, check_text_encoding
 from .base import Objective, register
+from .segments import EncodesText, TextEncodingOptions
 
 
 def segment_length_for_sampling(method: str, objective_options: dict) -> int | None:
@@ -28,38 +30,50 @@ def segment_length_for_sampling(method: str, objective_options: dict) -> int | N
     from .base import get_objective
 
     objective = get_objective(method, **objective_options)  # cheap: config validation builds it too
-    return objective.max_text_length if getattr(objective, "text_encoding", None) == "segments" else None
+    return objective.max_text_length if objective.text_encoding == "segments" else None
+
+
+@dataclass
+class LongAlignOptions(TextEncodingOptions):
+    reward_backbone: str = "pickscore"  # Denscore's CLIP-style scorer: pickscore | clipscore | hps
+    reward_model: str | None = None  # its weights: hub id or folder (null: the backbone's default)
+    omega: float = 0.3  # ω: how much of the caption's shared direction Denscore removes
+    num_inference_steps: int = 50  # sampling steps of each training image
+    guidance_scale: float = 7.5  # classifier-free guidance while sampling
+    grad_every: int = 10  # the steps that keep their graph: every grad_every-th from a random start (50/10 = 5)
+    text_encoding: str = "segments"  # the paper: long prompts sentence by sentence
+
+    def check(self) -> None:
+        super().check()
+        from ..scorers.denscore import BACKBONES
+
+        if self.reward_backbone not in BACKBONES:  # checked here, before any diffusion weights load
+            raise ValueError(f"reward_backbone: expected one of {BACKBONES}; got {self.reward_backbone!r}")
+        if int(self.num_inference_steps) < 1 or int(self.grad_every) < 1:
+            raise ValueError(f"num_inference_steps and grad_every must be >= 1; got {self.num_inference_steps}, "
+                             f"{self.grad_every}")
 
 
 @register
-class LongAlign(Objective):
+class LongAlign(EncodesText, Objective):
+    Options = LongAlignOptions
     name = "longalign"
+    summary = "LongAlign: reward fine-tuning with Denscore on (long) prompts, segment encoding. arXiv 2410.11817"
     pair_axis = "prompts"  # the data is prompts alone; the images are the policy's own samples
     needs_reference = False
     step_kind = "reward"  # trained through sampling and a reward (core/reward_step.py), not denoising errors
 
-    def __init__(self, reward_backbone: str = "pickscore", reward_model: str | None = None, omega: float = 0.3,
-                 num_inference_steps: int = 50, guidance_scale: float = 7.5, grad_every: int = 10,
-                 text_encoding: str = "segments", max_text_length: int = DEFAULT_MAX_LENGTH):
-        """``reward_backbone``: Denscore's CLIP-style scorer (pickscore, clipscore, hps); ``reward_model``: its
-        weights (hub id or folder; None = the backbone's default). ``grad_every``: the sampling steps that keep
-        their graph are every grad_every-th from a random start (50 / 10 = 5 steps, as the paper)."""
-        from ..scorers.denscore import BACKBONES
-
-        if reward_backbone not in BACKBONES:  # checked here, before any diffusion weights load
-            raise ValueError(f"reward_backbone: expected one of {BACKBONES}; got {reward_backbone!r}")
-        check_text_encoding(text_encoding, max_text_length)
-        if int(num_inference_steps) < 1 or int(grad_every) < 1:
-            raise ValueError(f"num_inference_steps and grad_every must be >= 1; got {num_inference_steps}, "
-                             f"{grad_every}")
-        self.reward_backbone, self.reward_model, self.omega = reward_backbone, reward_model, float(omega)
-        self.num_inference_steps, self.guidance_scale = int(num_inference_steps), float(guidance_scale)
-        self.grad_every, self.text_encoding, self.max_text_length = int(grad_every), text_encoding, int(max_text_length)
+    def __init__(self, **options):
+        super().__init__(**options)
+        o = self.options  # what core/reward_step.py reads
+        self.num_inference_steps, self.guidance_scale, self.grad_every = (int(o.num_inference_steps),
+                                                                          float(o.guidance_scale), int(o.grad_every))
 
     def reward_options(self) -> dict:
-        options = {"backbone": self.reward_backbone, "omega": self.omega}
-        if self.reward_model:  # HPS names its weight file "checkpoint"; the CLIP scorers "model"
-            options["checkpoint" if self.reward_backbone == "hps" else "model"] = self.reward_model
+        o = self.options
+        options = {"backbone": o.reward_backbone, "omega": float(o.omega)}
+        if o.reward_model:  # HPS names its weight file "checkpoint"; the CLIP scorers "model"
+            options["checkpoint" if o.reward_backbone == "hps" else "model"] = o.reward_model
         return options
 
     def reward_loss(self, scores: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

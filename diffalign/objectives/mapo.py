@@ -12,11 +12,12 @@ and its series near 0 so it stays exact (and finite) for tiny errors.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .base import Objective, PairErrors, implicit_accuracy, register
+from .base import Objective, Options, PairErrors, implicit_accuracy, register
 
 
 def mapo_f(m: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -27,23 +28,32 @@ def mapo_f(m: torch.Tensor, gamma: float) -> torch.Tensor:
     return torch.where(small, 1 - x / 2 + x * x / 12, safe / torch.expm1(safe))
 
 
+@dataclass
+class MaPOOptions(Options):
+    lam: float = 0.1  # λ: weight of the margin term against the winners' denoising loss
+    gamma: float = 0.5  # γ: scale of the errors inside the log-odds f(m)
+    temperature: float = 1000.0  # sharpness of the margin's log σ
+
+    def check(self) -> None:
+        super().check()
+        if not (0 < self.gamma < math.inf and 0 < self.temperature < math.inf and 0 <= self.lam < math.inf):
+            raise ValueError(f"mapo needs finite gamma > 0, temperature > 0 and lam >= 0; got {self.gamma}, "
+                             f"{self.temperature}, {self.lam}")  # the "not" form: NaN fails too
+
+
 @register
 class MaPO(Objective):
+    Options = MaPOOptions
     name = "mapo"
+    summary = "MaPO: reference-free margin-aware preference optimisation on image pairs. arXiv 2406.06424"
     needs_reference = False
     pair_axis = "images"
 
-    def __init__(self, lam: float = 0.1, gamma: float = 0.5, temperature: float = 1000.0):
-        if not (0 < gamma < math.inf and 0 < temperature < math.inf and 0 <= lam < math.inf):  # NaN fails too
-            raise ValueError(f"mapo needs finite gamma > 0, temperature > 0 and lam >= 0; got {gamma}, "
-                             f"{temperature}, {lam}")
-        self.lam, self.gamma, self.temperature = lam, gamma, temperature
-
     def loss(self, errors: PairErrors, batch: dict | None = None):
-        f_w, f_l = mapo_f(errors.policy_w, self.gamma), mapo_f(errors.policy_l, self.gamma)
+        f_w, f_l = mapo_f(errors.policy_w, self.options.gamma), mapo_f(errors.policy_l, self.options.gamma)
         margin = f_w - f_l  # [B], > 0 when the winner is denoised better
-        ratio = F.logsigmoid(self.temperature * margin)
-        loss = errors.policy_w.mean() - self.lam * ratio.mean()
+        ratio = F.logsigmoid(self.options.temperature * margin)
+        loss = errors.policy_w.mean() - self.options.lam * ratio.mean()
         metrics = {
             "implicit_acc": implicit_accuracy(margin).item(),
             "margin": margin.mean().item(),

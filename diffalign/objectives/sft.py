@@ -15,23 +15,19 @@ from __future__ import annotations
 
 import torch
 
-from ..models.segment_encoding import DEFAULT_MAX_LENGTH, check_text_encoding
 from .base import Objective, register
+from .segments import EncodesText, TextEncodingOptions
 
 
 @register
-class SupervisedFineTuning(Objective):
+class SupervisedFineTuning(EncodesText, Objective):
     """Rows: one per captioned image (pair_axis "captioned"), each with its own noise and t."""
 
+    Options = TextEncodingOptions
     name = "sft"
+    summary = "Supervised fine-tuning on captioned images (caption, image); LongAlign's first stage"
     pair_axis = "captioned"
     needs_reference = False
-
-    def __init__(self, text_encoding: str = "truncate", max_text_length: int = DEFAULT_MAX_LENGTH):
-        """``text_encoding``: "truncate" (CLIP's 77-token window) or "segments" (LongAlign's segment encoding,
-        cut or padded to ``max_text_length`` rows)."""
-        check_text_encoding(text_encoding, max_text_length)
-        self.text_encoding, self.max_text_length = text_encoding, int(max_text_length)
 
     def row_loss(self, policy: torch.Tensor, ref: torch.Tensor | None, batch: dict):
         """policy [R] per-sample float32 errors -> (their mean, metrics)."""

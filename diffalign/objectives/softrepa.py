@@ -11,9 +11,12 @@ The first term asks each image to be denoised best under its own caption; the se
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
-from .base import Objective, register
+from .base import Objective, Options, register
 
 
 def softrepa_loss(errors: torch.Tensor, scale: float = 4.0, temperature: float = 0.07,
@@ -33,37 +36,49 @@ def softrepa_loss(errors: torch.Tensor, scale: float = 4.0, temperature: float =
 TOKEN_INITS = ("reference", "start_token", "normal")
 
 
+@dataclass
+class SoftREPAOptions(Options):
+    num_tokens: int = 4  # soft tokens appended to the text states in the chosen blocks' cross-attention
+    scale: float = 4.0  # the logits' scale: logits = scale · exp(-errors / temperature)
+    temperature: float = 0.07  # the errors' temperature in the logits
+    matched_weight: float = 10.0  # weight of the matched pairs' denoising error beside the contrastive term
+    # N > 0 adds a per-bucket embedding of the timestep to the tokens (the paper's option: 100); 0 = the same
+    # tokens at every t
+    timestep_buckets: int = 0
+    # start_token (every token starts as the empty prompt's start-token state: in distribution, at the text states'
+    # scale), normal (N(0, 0.02²)), or reference (the authors' code: start_token for SD1.x/2.x, normal for SDXL).
+    # Tokens that start equal get equal gradients and stay equal: in effect one token.
+    token_init: str = "reference"
+
+    def check(self) -> None:
+        super().check()
+        if int(self.num_tokens) < 1 or not 0 < self.temperature < math.inf or int(self.timestep_buckets) < 0:
+            raise ValueError(f"num_tokens must be >= 1, temperature > 0 and timestep_buckets >= 0; got "
+                             f"{self.num_tokens}, {self.temperature}, {self.timestep_buckets}")
+        if self.token_init not in TOKEN_INITS:
+            raise ValueError(f"token_init: expected one of {TOKEN_INITS}; got {self.token_init!r}")
+
+
 @register
 class SoftREPA(Objective):
-    """Rows: every (image i, caption j) of a batch of B captioned images, one shared noise and t (pair_axis
-    "batch", B^2 UNet rows). Trains only the soft tokens (models/soft_tokens.py); no reference."""
-
+    Options = SoftREPAOptions
     name = "softrepa"
+    summary = "SoftREPA: soft text tokens trained contrastively on captioned images. arXiv 2503.08250"
     pair_axis = "batch"
     needs_reference = False
     trains = "soft_tokens"
 
-    def __init__(self, num_tokens: int = 4, scale: float = 4.0, temperature: float = 0.07,
-                 matched_weight: float = 10.0, timestep_buckets: int = 0, token_init: str = "reference"):
-        """``timestep_buckets``: N > 0 adds a per-bucket embedding of the timestep to the tokens (the paper's
-        option: 100); 0 = the same tokens at every t. ``token_init``: ``start_token`` (every token starts as the
-        empty prompt's start-token state: in distribution, at the text states' scale), ``normal`` (N(0, 0.02²)),
-        or ``reference`` (the authors' code: start_token for SD1.x/2.x, normal for SDXL). Tokens that start equal
-        get equal gradients (cross-attention treats its keys alike) and stay equal: in effect one token."""
-        if int(num_tokens) < 1 or temperature <= 0 or int(timestep_buckets) < 0:
-            raise ValueError(f"num_tokens must be >= 1, temperature > 0 and timestep_buckets >= 0; got {num_tokens}, "
-                             f"{temperature}, {timestep_buckets}")
-        if token_init not in TOKEN_INITS:
-            raise ValueError(f"token_init: expected one of {TOKEN_INITS}; got {token_init!r}")
-        self.token_init = token_init
-        self.num_tokens, self.scale, self.temperature = int(num_tokens), scale, temperature
-        self.timestep_buckets = int(timestep_buckets)
-        self.matched_weight = matched_weight
+    def __init__(self, **options):
+        super().__init__(**options)
+        o = self.options  # what the trainer's components read
+        self.num_tokens, self.timestep_buckets = int(o.num_tokens), int(o.timestep_buckets)
 
     def starts_from_start_token(self, model_kind: str) -> bool:
         """Whether the tokens start as the empty prompt's start-token state for a model of ``model_kind``."""
-        return self.token_init == "start_token" or (self.token_init == "reference" and model_kind == "sd")
+        init = self.options.token_init
+        return init == "start_token" or (init == "reference" and model_kind == "sd")
 
     def row_loss(self, policy: torch.Tensor, ref: torch.Tensor | None, batch: dict):
         b = int(round(len(policy) ** 0.5))
-        return softrepa_loss(policy.view(b, b), self.scale, self.temperature, self.matched_weight)
+        o = self.options
+        return softrepa_loss(policy.view(b, b), o.scale, o.temperature, o.matched_weight)

@@ -14,32 +14,43 @@ disables the clip. The DPO link options (dpo.py) apply to the clipped margin.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
 from .base import PairErrors, register
-from .dpo import DiffusionDPO
+from .caption_pairs import CaptionPairs, CaptionPerturbOptions
+from .dpo import DiffusionDPO, DPOOptions
+
+
+@dataclass
+class TDPOOptions(DPOOptions, CaptionPerturbOptions):
+    beta: float = 5000.0  # β with the paper's ½, as DPO's
+    negative_clip: float | None = 0.1  # ρ: the negative term is clipped at max(g_l, -ρ m_ref); null = no clip
+
+    def check(self) -> None:
+        super().check()
+        if self.negative_clip is not None and not 0 <= self.negative_clip < math.inf:
+            raise ValueError(f"negative_clip must be a finite number >= 0 or null; got {self.negative_clip}")
 
 
 @register
-class TDPO(DiffusionDPO):
+class TDPO(CaptionPairs, DiffusionDPO):
+    Options = TDPOOptions
     name = "tdpo"
+    summary = "TDPO: DPO over true/perturbed captions of captioned images (caption, image). arXiv 2509.25771"
     pair_axis = "captions"
-
-    def __init__(self, beta: float = 5000.0, negative_clip: float | None = 0.1, **dpo_options):
-        super().__init__(beta=beta, **dpo_options)
-        if negative_clip is not None and negative_clip < 0:
-            raise ValueError(f"negative_clip must be >= 0 or None; got {negative_clip}")
-        self.negative_clip = negative_clip
 
     def loss(self, errors: PairErrors, batch: dict | None = None):
         if errors.ref_l is None:
             raise ValueError("tdpo needs reference errors")
         clipped = errors
-        if self.negative_clip is not None:
+        if self.options.negative_clip is not None:
             # max(g_l, -ρ m_ref)  <=>  m_θ(l) capped at (1 + ρ) m_ref(l) where it counts
-            cap = (1 + self.negative_clip) * errors.ref_l
+            cap = (1 + self.options.negative_clip) * errors.ref_l
             clipped = PairErrors(errors.policy_w, torch.minimum(errors.policy_l, cap), errors.ref_w, errors.ref_l)
         loss, metrics = super().loss(clipped, batch)
-        if self.negative_clip is not None:
+        if self.options.negative_clip is not None:
             metrics["negative_clipped"] = (errors.policy_l > cap).float().mean().item()
         return loss, metrics

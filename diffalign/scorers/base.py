@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.examples import to_rgb
+from ..data.images import to_rgb
 
 REGISTRY: dict[str, Callable] = {}
 
@@ -30,7 +30,8 @@ def register(name: str):
 
 def create_scorer(name: str, **options):
     if name not in REGISTRY:
-        raise ValueError(f"unknown scorer {name!r}; expected one of {sorted(REGISTRY)}")
+        raise ValueError(f"unknown scorer {name!r}; expected one of {sorted(REGISTRY)} (a scorer registers when its "
+                         "module is imported, the toy judge with `import diffalign.toy.plugin`)")
     return REGISTRY[name](**options)
 
 

@@ -79,7 +79,7 @@ def adversarial_pixels(model: CLIPModel, text: dict, pixels: torch.Tensor, eps: 
     """The renders [N, 3, H, W] in [0, 1] moved by at most ``eps`` per pixel (L-inf, in [0, 1] units) to raise the
     contrastive loss: one signed-gradient step of 1.25 eps from a uniform random start (FGSM with random start,
     Wong et al., ICLR 2020). Training on them makes the image tower robust to the near-invisible pixel changes
-    that a reward-tuned generator otherwise learns to make (reward hacking; README, LongAlign)."""
+    that a reward-tuned generator otherwise learns to make (reward hacking; docs/results.md, LongAlign)."""
     delta = (torch.rand(pixels.shape, generator=generator) * 2 - 1) * eps
     delta.requires_grad_(True)
     loss = contrastive_loss(model, text, normalise_float((pixels + delta).clamp(0, 1)))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..evaluation import SamplingSettings, evaluate
 from ..objectives.longalign import segment_length_for_sampling
+from . import plugin  # noqa: F401  (registers the scorer "toy" and the prompt source "toy:<set>")
 
 
 def comparison_settings(cfg) -> SamplingSettings:
@@ -61,3 +62,15 @@ def compare_before_after(cfg, out_dir: str | Path) -> dict:
               "report": report.files["markdown"], "grid": report.files["grid"], "text": text}
     (out_dir / "comparison.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def compare_run(cfg, out_dir: str | Path) -> dict:
+    """The end-of-run comparison a toy run gets: per user for a method that personalises (PPD's user adapter),
+    else the persona's before/after."""
+    from ..objectives import get_objective
+
+    if get_objective(cfg.method, **cfg.objective).trains == "user_adapter":
+        from .personalization import compare_personalized
+
+        return compare_personalized(cfg, out_dir)
+    return compare_before_after(cfg, out_dir)

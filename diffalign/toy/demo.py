@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .grid import save_grid
+from ..evaluation.grid import save_grid
+from ..evaluation.sampling import cases, generate
 from .prompts import prompt_set
-from .sampling import cases, generate
 from .scoring import judge
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ..data.examples import to_rgb
+from ..data.images import to_rgb
 from .render import shape_mask
 from .world import (
     BACKGROUND_COLOURS, CANVAS, GRID_CELLS, JUDGE_CENTER, JUDGE_SIDE, OBJECT_COLOURS, SHAPES, SIZE_THRESHOLD,

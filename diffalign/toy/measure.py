@@ -12,10 +12,10 @@ import numpy as np
 
 import dataclasses
 
+from ..evaluation.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, cases, generate
 from .captions import parse
 from .judge import ATTRIBUTES, attribute_checks, read_image
 from .prompts import prompt_set
-from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, cases, generate
 from .scoring import attribute_rates, judge
 from .world import SIZE_THRESHOLD
 

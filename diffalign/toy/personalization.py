@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models.user_encoders import UserExample
+from ..evaluation.grid import save_grid
+from ..evaluation.sampling import cases, generate
+from ..models.user_examples import UserExample
 from ..paths import TOY_DATA
 from ..stats import mean_ci, win_rate
-from .grid import save_grid
 from .personas import bradley_terry_label
 from .prompts import prompt_set
-from .sampling import cases, generate
 from .scoring import judge
 
 TRAINED_PERSONAS = ("bold", "subtle", "warm", "skyward")  # the users of pairs_multiuser.parquet
@@ -71,9 +71,8 @@ def measure_personalization(base: str, ppd_dir: str | Path, pooled_dir: str | Pa
     ``user_scale``: the user term's scale at sampling (None: as trained). ``split``: the persona prompts' side,
     "heldout" (the measurement) or "train" (to choose settings such as the scale without looking at it).
     ``mix`` None skips the interpolation."""
-    from pipelines.personalized_sd import PersonalizedStableDiffusionPipeline
-
     from ..evaluation.models import ModelSpec, load_pipeline
+    from ..pipelines.personalized_sd import PersonalizedStableDiffusionPipeline
 
     prompts, seeds = cases(prompt_set("persona", split), seeds_per_prompt)
     settings = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, progress=False,
@@ -128,13 +127,16 @@ def measure_personalization(base: str, ppd_dir: str | Path, pooled_dir: str | Pa
 
 def compare_personalized(cfg, out_dir: str | Path) -> dict:
     """The end of ``--method ppd`` on the toy: ``measure_personalization`` of the run (no pooled model), every user
-    embedded from 4 examples whatever the training profiles' size, sampled at ``eval.user_scale`` (default: the
-    trained scale)."""
+    embedded from 4 examples whatever the training profiles' size, sampled at ``objective.comparison_user_scale``
+    (default: the trained scale)."""
+    from ..objectives import get_objective
+
     e = cfg.eval
+    scale = get_objective(cfg.method, **cfg.objective).options.comparison_user_scale
     return measure_personalization(cfg.model.pretrained, out_dir, k=4,
                                    seeds_per_prompt=e.seeds_per_prompt, num_inference_steps=e.num_inference_steps,
                                    guidance_scale=e.guidance_scale, out_dir=Path(out_dir) / "comparison",
-                                   user_scale=e.user_scale, guidance_rescale=e.guidance_rescale)
+                                   user_scale=scale, guidance_rescale=e.guidance_rescale)
 
 
 def _as_dict(wr) -> dict:

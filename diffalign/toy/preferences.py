@@ -19,9 +19,9 @@ import numpy as np
 from PIL import Image
 
 from ..data.convert import pair_to_feedback
+from ..evaluation.sampling import cases, generate
 from .personas import TASTES, bradley_terry_label
 from .prompts import prompt_set
-from .sampling import cases, generate
 from .scoring import judge
 
 PERSONA_IDS = {name: i for i, name in enumerate(TASTES)}  # user_id of each persona

@@ -1,4 +1,4 @@
-"""The toy shapes world: its vocabulary and random scenes.
+"""The toy shapes world: random scenes in the library's shape vocabulary (diffalign.data.vocabulary).
 
 A scene is a background colour plus one or more coloured shapes. Geometry is stored in relative units of the
 canvas side: an object's centre ``(x, y)`` in [0, 1] (y grows downwards, as in images) and its half-extent
@@ -14,44 +14,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..data.vocabulary import BACKGROUND_COLOURS, OBJECT_COLOURS, POSITIONS, SHAPES, SIZE_RANGES
+
 CANVAS = 32  # pixels per side of every toy image
 
-# Object colours and background colours are disjoint palettes so the judge can read pixels back unambiguously.
-OBJECT_COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 220),
-    "yellow": (240, 215, 40),
-    "purple": (140, 60, 180),
-    "orange": (245, 135, 25),
-}
-BACKGROUND_COLOURS: dict[str, tuple[int, int, int]] = {
-    "white": (245, 245, 245),
-    "black": (20, 20, 20),
-    "gray": (128, 128, 128),
-    "beige": (225, 200, 160),
-    "peach": (250, 185, 150),
-    "sky": (150, 200, 240),
-}
-SHAPES = ("circle", "square", "triangle")
-
-# Size words: ranges of the half-extent r (fraction of the canvas side). Unstated sizes span both and the gap.
-SIZE_RANGES: dict[str, tuple[float, float]] = {"small": (0.09, 0.14), "large": (0.24, 0.30)}
+# Unstated sizes span both size words' ranges (data.vocabulary.SIZE_RANGES) and the gap between them.
 SIZE_ANY = (0.09, 0.30)
 SIZE_THRESHOLD = 0.19  # the judge calls a shape "large" above this half-extent
 
-# Single-object position words: the range of the centre they demand, as (x_lo, x_hi, y_lo, y_hi).
-POSITIONS: dict[str, tuple[float, float, float, float]] = {
-    "left": (0.0, 0.38, 0.0, 1.0),
-    "right": (0.62, 1.0, 0.0, 1.0),
-    "top": (0.0, 1.0, 0.0, 0.38),
-    "bottom": (0.0, 1.0, 0.62, 1.0),
-    "center": (0.42, 0.58, 0.42, 0.58),
-    "top left": (0.0, 0.38, 0.0, 0.38),
-    "top right": (0.62, 1.0, 0.0, 0.38),
-    "bottom left": (0.0, 0.38, 0.62, 1.0),
-    "bottom right": (0.62, 1.0, 0.62, 1.0),
-}
 # The judge's tolerance: a stated side holds when the centre lies beyond these lines.
 JUDGE_SIDE = 0.44  # left: x < 0.44, right: x > 0.56, likewise top/bottom
 JUDGE_CENTER = 0.12  # center: |x - .5| and |y - .5| both below this

@@ -1,4 +1,5 @@
-"""The toy world's judge as a scorer.
+"""The toy world plugged into the library: importing this module registers the judge as the scorer ``toy`` and the
+prompt sets as the prompt source ``toy:<set>`` (the library never imports the toy world; its users do, as here).
 
 ``scorer(images, prompts)`` gives one score [B]: fidelity, or one persona's score. ``named_scores`` gives all of
 them at once from a single judging pass: fidelity, every persona, and per attribute kind the fraction of its
@@ -11,9 +12,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..toy.personas import TASTES
-from ..toy.scoring import judge
-from .base import register
+from ..evaluation.prompt_sources import register_prompt_source
+from ..scorers.base import register
+from .personas import TASTES
+from .prompts import prompt_set
+from .scoring import judge
+
+SPLITS = {"train": "train", "test": "heldout", "heldout": "heldout"}  # a typo must not train on held-out prompts
 
 
 @register("toy")
@@ -42,3 +47,14 @@ class ToyScorer:
         for kind in verdicts[0].checks if verdicts else ():
             out[kind] = [float(np.mean(v.checks[kind])) if v.checks[kind] else float("nan") for v in verdicts]
         return {name: torch.tensor(values, dtype=torch.float32) for name, values in out.items()}
+
+
+def source_prompts(name: str, split: str) -> list[str]:
+    """The prompt source ``toy:<name>``: the set's held-out side ("test" / "heldout") or its training side."""
+    if split not in SPLITS:
+        raise ValueError(f"toy:{name}: split {split!r} is not a toy split; expected 'train' (the training side) or "
+                         "'test' / 'heldout' (the held-out side)")
+    return prompt_set(name, SPLITS[split])
+
+
+register_prompt_source("toy", source_prompts)

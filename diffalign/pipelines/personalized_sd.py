@@ -1,6 +1,6 @@
 """A Stable Diffusion pipeline conditioned on a user (PPD, trained by ``--method ppd``).
 
-    from pipelines.personalized_sd import PersonalizedStableDiffusionPipeline
+    from diffalign.pipelines.personalized_sd import PersonalizedStableDiffusionPipeline
     pipe = PersonalizedStableDiffusionPipeline.from_pretrained("assets/toy-sd")
     pipe.load_user_adapter("outputs/toy-ppd")            # user_adapter.safetensors (+ a LoRA if it was trained)
     e = pipe.user_embedding(examples)                    # a few UserExample(caption, chosen, rejected) of a user

@@ -1,6 +1,6 @@
 """A Stable Diffusion pipeline with SoftREPA soft tokens (trained by ``--method softrepa``).
 
-    from pipelines.soft_tokens_sd import SoftTokensStableDiffusionPipeline
+    from diffalign.pipelines.soft_tokens_sd import SoftTokensStableDiffusionPipeline
     pipe = SoftTokensStableDiffusionPipeline.from_pretrained("stable-diffusion-v1-5/stable-diffusion-v1-5")
     pipe.load_soft_tokens("outputs/sd15-softrepa-captions")   # the folder with soft_tokens.safetensors
     image = pipe("two red apples to the left of a blue cup").images[0]

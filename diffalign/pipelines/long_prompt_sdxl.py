@@ -1,6 +1,6 @@
 """An SDXL pipeline for prompts of any length, through LongAlign's segment encoding.
 
-    from pipelines.long_prompt_sdxl import LongPromptStableDiffusionXLPipeline
+    from diffalign.pipelines.long_prompt_sdxl import LongPromptStableDiffusionXLPipeline
     pipe = LongPromptStableDiffusionXLPipeline.from_pretrained("stabilityai/stable-diffusion-xl-base-1.0")
     image = pipe("a long prompt. with many sentences. ...", max_text_length=240).images[0]
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from diffusers import StableDiffusionXLPipeline
 
-from pipelines.long_prompt_sd import SegmentPrompts
+from diffalign.pipelines.segment_prompts import SegmentPrompts
 
 
 class LongPromptStableDiffusionXLPipeline(SegmentPrompts, StableDiffusionXLPipeline):
