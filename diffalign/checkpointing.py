@@ -113,6 +113,7 @@ def save_checkpoint(accelerator: Accelerator, out: Path, global_step: int, total
     index = _next_index(out)  # the same on every rank: computed before anyone writes this save
     accelerator.wait_for_everyone()
     final, temporary = root / f"checkpoint_{index}", root / f"{INCOMPLETE_PREFIX}checkpoint_{index}"
+    error = None
     try:
         temporary.mkdir(parents=True, exist_ok=True)
         files.save_rng(temporary / files.rng_file(accelerator.process_index))
@@ -123,10 +124,17 @@ def save_checkpoint(accelerator: Accelerator, out: Path, global_step: int, total
             if accelerator.scaler is not None:
                 files.write_json(temporary / files.SCALER_FILE, accelerator.scaler.state_dict())
             files.write_json(temporary / CONFIG_FILE, state.config)
-    except OSError as err:  # a full or read-only disk: free what was written, keep every complete checkpoint
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise CheckpointWriteError(f"could not write checkpoint {final} ({err.strerror or err}); the partial save "
-                                   f"was removed, the complete checkpoints under {root} are intact") from err
+    except (OSError, TypeError) as err:  # a full or read-only disk; a state JSON cannot hold
+        error = err
+    # Every process learns whether all wrote their part (a failure on one must not leave the others at a barrier);
+    # then the partial save is removed and every process raises alike. The complete checkpoints stay.
+    if not _all_ranks(accelerator, error is None):
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            shutil.rmtree(temporary, ignore_errors=True)
+        reason = (getattr(error, "strerror", None) or error) if error is not None else "failed on another process"
+        raise CheckpointWriteError(f"could not write checkpoint {final} ({reason}); the partial save was removed, "
+                                   f"the complete checkpoints under {root} are intact") from error
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         marker = temporary / PROGRESS_FILE
@@ -205,15 +213,15 @@ def resume(accelerator: Accelerator, out: Path, how: str, state: TrainingState, 
     ``check(path)``: called before a checkpoint loads (the config comparison); what it raises stops the resume.
     """
     check = check or (lambda path: None)
-    if how not in ("latest", "latest-valid"):
-        check(Path(how))
-        return load_checkpoint(accelerator, Path(how), state)
-    found = complete_checkpoints(out)
-    if accelerator.is_main_process:
-        for stale in incomplete_checkpoints(out):
-            print(f"diffalign train: ignoring {stale} (a save that was interrupted)", file=sys.stderr)
-    if not found:
-        raise FileNotFoundError(f"--resume {how}: no complete checkpoint under {Path(out) / 'checkpoints'}")
+    if how in ("latest", "latest-valid"):
+        found = complete_checkpoints(out)
+        if accelerator.is_main_process:
+            for stale in incomplete_checkpoints(out):
+                print(f"diffalign train: ignoring {stale} (a save that was interrupted)", file=sys.stderr)
+        if not found:
+            raise FileNotFoundError(f"--resume {how}: no complete checkpoint under {Path(out) / 'checkpoints'}")
+    else:  # one folder: loaded like the newest of "latest" (every process agrees on whether it loaded)
+        found = [Path(how)]
     for path in reversed(found):
         # Every rank loads its own files (its RNG state); they must agree on whether this checkpoint loaded, or one
         # rank would fall back while another trains on (or raises and leaves the others waiting).
@@ -227,9 +235,10 @@ def resume(accelerator: Accelerator, out: Path, how: str, state: TrainingState, 
         if loaded_everywhere:
             return step
         error = error or BrokenCheckpoint(f"checkpoint {path} is broken on another process")
-        if how == "latest":
-            raise BrokenCheckpoint(f"{error}. Pass --resume latest-valid to fall back to the newest checkpoint "
-                                   "that loads, or --resume PATH.") from error
+        if how != "latest-valid":
+            advice = (". Pass --resume latest-valid to fall back to the newest checkpoint that loads, or --resume "
+                      "PATH") if how == "latest" else ""
+            raise BrokenCheckpoint(f"{error}{advice}") from error
         if accelerator.is_main_process:
             print(f"diffalign train: {error}; falling back to the previous checkpoint", file=sys.stderr)
     raise BrokenCheckpoint(f"--resume latest-valid: none of the {len(found)} checkpoints under "

@@ -48,26 +48,37 @@ def _is_run_folder(path: Path) -> bool:
     return (path / "checkpoints").is_dir() and any((path / "checkpoints").glob("checkpoint_*"))
 
 
+def _entries(path: Path) -> tuple[list[Path], str]:
+    entries = sorted(path.iterdir()) if path.is_dir() else []
+    names = [e.name + ("/" if e.is_dir() else "") for e in entries]
+    return entries, ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
+
+
+def check_run_folder(path: Path) -> None:
+    """FileExistsError unless ``--overwrite`` may empty ``path``: absent, empty, or a folder diffalign train wrote."""
+    path = Path(path)
+    if path.is_file():
+        raise FileExistsError(f"output_dir {path} is a file, not a folder")
+    entries, shown = _entries(path)
+    if entries and not _is_run_folder(path):
+        raise FileExistsError(f"--overwrite empties only a diffalign run folder (with the config.json or "
+                              f"checkpoints/ of diffalign train); {path} holds {shown}: remove them yourself or "
+                              "choose another output_dir")
+
+
 def clear_run_folder(path: Path) -> list[str]:
     """``--overwrite``: remove everything an earlier run left in ``path`` (saying what first), so nothing of it can
     be mistaken for the new run's (a later ``--resume latest`` would otherwise continue the old checkpoints). A
     folder that is not a diffalign run's is refused, never emptied. Returns the names removed."""
     path = Path(path)
-    if path.is_file():
-        raise FileExistsError(f"output_dir {path} is a file, not a folder")
-    entries = sorted(path.iterdir()) if path.is_dir() else []
+    check_run_folder(path)
+    entries, shown = _entries(path)
     if not entries:
         return []
-    names = [e.name + ("/" if e.is_dir() else "") for e in entries]
-    shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
-    if not _is_run_folder(path):
-        raise FileExistsError(f"--overwrite empties only a diffalign run folder (with the config.json or "
-                              f"checkpoints/ of diffalign train); {path} holds {shown}: remove them yourself or "
-                              "choose another output_dir")
     print(f"diffalign train: --overwrite: removing {len(entries)} entries from {path}: {shown}", file=sys.stderr)
     for entry in entries:
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
             entry.unlink()
-    return names
+    return [e.name for e in entries]

@@ -18,12 +18,32 @@ FREE = {"output_dir", "overwrite", "train.checkpoint_every", "train.checkpoints_
         "train.channels_last", "train.compile", "data.num_workers", "data.cache_encodings", "data.cache_dir",
         "data.on_bad_sample"}
 FREE_PREFIXES = ("eval.",)
+FREE.add("objective.comparison_user_scale")  # PPD: only the end-of-run comparison samples with it
 # Another model or another set of trained weights: a checkpoint of it cannot be continued, accepted or not.
 FIXED = {"method", "model.pretrained", "model.revision", "model.variant", "model.vae", "lora.enabled", "lora.rank",
          "lora.target_modules", "lora.text_encoder", "lora.text_encoder_target_modules", "train.text_encoder",
-         "train.optimizer", "train.ema_reference_decay"}
+         "train.optimizer", "train.ema_reference_decay",
+         # The micro-batch bookkeeping (accelerate's step counter, the data position) and the fp16 grad scaler's
+         # presence are restored as saved: these cannot change mid-run either.
+         "train.batch_size", "train.grad_accum", "train.mixed_precision"}
+# Paths that may be written relative to where a run started: compared (and saved) resolved.
+PATH_KEYS = ("model.pretrained", "model.vae", "data.source", "data.cache_dir")
 # Schedules whose lr does not depend on train.max_steps: extending such a run changes nothing already decided.
 _STEP_FREE_SCHEDULES = ("constant", "constant_with_warmup")
+
+
+def run_config(config: dict, objective_options: dict) -> dict:
+    """The config a checkpoint records: the objective's options resolved (defaults included, so a default written
+    out or changed between versions is compared as the value it is) and local paths made absolute."""
+    from pathlib import Path
+
+    resolved = {**config, "objective": dict(objective_options)}
+    for dotted in PATH_KEYS:
+        section, key = dotted.split(".")
+        value = resolved[section].get(key)
+        if isinstance(value, str) and Path(value).exists():
+            resolved[section] = {**resolved[section], key: str(Path(value).resolve())}
+    return resolved
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

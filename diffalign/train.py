@@ -32,9 +32,9 @@ from diffalign.config import Config, ConfigError, load_config
 from diffalign.data.factory import build_training_data
 from diffalign.models.loading import freeze_encoders, load_sd_components, load_tokenizer
 from diffalign.objectives import get_objective
-from diffalign.paths import REPO_ROOT, clear_run_folder, is_toy_model, refuse_overwrite
+from diffalign.paths import REPO_ROOT, check_run_folder, clear_run_folder, is_toy_model, refuse_overwrite
 import diffalign.toy.plugin  # noqa: F401  (the entry point registers the toy world: prompt sets "toy:<set>", scorer "toy")
-from diffalign.resume_check import check_resume_config
+from diffalign.resume_check import check_resume_config, run_config
 from diffalign.training.build import Trained, build_components
 from diffalign.training.distributed import average_gradients, broadcast_parameters, prepare
 from diffalign.training.launch import check_launch, make_accelerator
@@ -119,7 +119,8 @@ def train(cfg: Config, resume: str | None = None, resume_accept: tuple[str, ...]
     lr_scheduler = make_scheduler(cfg, optimizer, accelerator.num_processes)
     unet, optimizer, loader, lr_scheduler = prepare(accelerator, parts.unet, optimizer, loader, lr_scheduler)
     broadcast_parameters(accelerator, trained.outside_ddp())  # nothing else makes every rank start from rank 0's
-    state = TrainingState(trained.checkpoint_parts(), optimizer, lr_scheduler, dataclasses.asdict(cfg))
+    state = TrainingState(trained.checkpoint_parts(), optimizer, lr_scheduler,
+                          run_config(dataclasses.asdict(cfg), dataclasses.asdict(objective.options)))
     step_fn = build_step(cfg, objective, parts, accelerator, trained, weight_dtype)
     global_step, resumed = resume_run(accelerator, out, resume, resume_accept, state)
     updates_per_epoch = len(loader) // cfg.train.grad_accum  # exact: the sampler trims epochs to whole updates
@@ -197,6 +198,8 @@ def check_output_dir(cfg: Config, resume: str | None, resume_accept: tuple[str, 
         raise ConfigError("--resume-accept lists config changes accepted on --resume; no --resume given")
     if not resume:
         refuse_overwrite(Path(cfg.output_dir), cfg.overwrite)
+    if not resume and cfg.overwrite:
+        check_run_folder(Path(cfg.output_dir))  # on every process: a refusal must not leave the others waiting
 
 
 def clear_output_dir(cfg: Config, accelerator, resume: str | None) -> None:
@@ -254,6 +257,7 @@ def resume_run(accelerator, out: Path, resume: str | None, resume_accept, state:
         return 0, None
 
     def same_run(path: Path) -> None:  # before a checkpoint loads: the config it was saved with
+        changes.clear()  # latest-valid may fall back: only the checkpoint that loads counts
         changes.update(check_resume_config(checkpoint_config(path), state.config, set(resume_accept), str(path)))
 
     step = resume_from(accelerator, out, resume, state, check=same_run)

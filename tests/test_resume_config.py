@@ -96,6 +96,23 @@ def test_an_accepted_lr_really_applies_and_is_recorded(checkpointed, tmp_path, m
     assert json.loads((out / "config.json").read_text())["train"]["lr"] == 2e-3
 
 
+def test_a_default_written_out_or_another_working_folder_is_the_same_run(checkpointed, tmp_path, monkeypatch):
+    """The checkpoint records the objective's resolved options and absolute local paths: writing a default out
+    (as --print-config does) or resuming from another folder (assets/toy-sd then resolves elsewhere) is no change."""
+    first = complete_checkpoints(checkpointed)[0]
+    monkeypatch.chdir(tmp_path)  # the toy config's relative asset paths now resolve against the repository
+    assert _run(tmp_path / "elsewhere", "--resume", str(first), "--train.max_steps", "2", "--train.lr", "1e-3",
+                "--objective.epsilon", "0.0") == 0
+
+
+@pytest.mark.parametrize("key, value", [("train.grad_accum", "2"), ("train.batch_size", "4")])
+def test_the_micro_batch_bookkeeping_cannot_change_on_resume(checkpointed, key, value, capsys):
+    first = complete_checkpoints(checkpointed)[0]
+    assert _run(checkpointed, "--resume", str(first), "--train.lr", "1e-3", f"--{key}", value,
+                "--resume-accept", key) == 2
+    assert f"{key} cannot change on resume" in capsys.readouterr().err
+
+
 def test_accepting_a_setting_that_did_not_change_is_an_error(checkpointed, capsys):
     first = complete_checkpoints(checkpointed)[0]
     assert _run(checkpointed, "--resume", str(first), "--train.max_steps", "2", "--train.lr", "1e-3",
