@@ -47,7 +47,7 @@ def test_every_text_encoder_weight_trains_and_the_reference_reads_the_starting_e
     torch.testing.assert_close(ref_text, expected_ref, rtol=1e-5, atol=1e-5)  # the frozen starting copy
     assert (policy_text - expected_ref).abs().max() > 1e-4  # the policy reads the trained encoder...
     policy_text.sum().backward()  # ...with gradient reaching its weights (not only some adapter)
-    encoder = step.trained_text.text_encoders[0]
+    encoder = step.text.trained.text_encoders[0]
     assert encoder.dtype == torch.float32
     touched = [p.grad is not None and p.grad.abs().max() > 0 for p in encoder.parameters()]
     assert touched and all(touched)
@@ -133,7 +133,7 @@ def test_bf16_keeps_the_trained_text_encoder_float32_from_its_unrounded_start(tm
     assert any((v.float() - v.bfloat16().float()).abs().max() > 0 for v in start.values())  # bf16 would round them
     train(_cfg(tmp_path, extra=[("train.mixed_precision", "bf16"), ("train.lr", "1e-12"),
                                 ("train.max_grad_norm", "0")]))
-    trained = seen["step"].trained_text
+    trained = seen["step"].text.trained
     assert trained.text_encoders[0].dtype == torch.float32
     assert trained.reference_conditioner.text_encoder.dtype == torch.bfloat16
     after = trained.text_encoders[0].state_dict()
@@ -177,7 +177,7 @@ def test_the_empty_prompt_anchor_adds_its_term_and_holds_the_unconditional_state
         if weight:
             assert summary["final_metrics"]["empty_prompt_drift"] >= 0
             # the term by hand, on the trained encoder: the step's own value equals it
-            torch.testing.assert_close(step._empty_prompt_drift().detach(), torch.tensor(drifts[weight]),
+            torch.testing.assert_close(step.text.empty_prompt_drift().detach(), torch.tensor(drifts[weight]),
                                        rtol=1e-4, atol=1e-10)
             recorded, row_loss = {}, step.objective.row_loss
             step.objective.row_loss = lambda p, r, b: recorded.setdefault("out", row_loss(p, r, b))

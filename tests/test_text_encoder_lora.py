@@ -73,7 +73,7 @@ def test_the_text_encoder_adapter_trains_and_the_reference_reads_the_base_text_e
     assert (policy_text - expected_ref).abs().max() > 1e-4  # the policy reads the trained text encoder...
     assert policy_text.requires_grad  # ...with gradient reaching its adapter
     policy_text.sum().backward()
-    assert any(p.grad is not None and p.grad.abs().max() > 0 for p in step.trained_text.parameters())
+    assert any(p.grad is not None and p.grad.abs().max() > 0 for p in step.text.trained.parameters())
     # and the switch is restored: the policy path is adapted again after a reference call
     assert (step._text_rows(batch)[0] - expected_ref).abs().max() > 1e-4
 
@@ -166,7 +166,7 @@ def test_gradient_checkpointing_trains_the_same_text_encoder(tmp_path, step_spy,
     train(_cfg(tmp_path / "plain", extra=[("train.lr", "1e-2")] + MODES[mode]))
     train(_cfg(tmp_path / "checkpointed", extra=[("train.lr", "1e-2"), ("train.gradient_checkpointing", "true")]
                + MODES[mode]))
-    encoder = seen["step"].trained_text.text_encoders[0]
+    encoder = seen["step"].text.trained.text_encoders[0]
     assert encoder.training and encoder.is_gradient_checkpointing  # active: transformers checkpoints in train mode
     plain, checkpointed = (_trained_weights(tmp_path / run) for run in ("plain", "checkpointed"))
     for key in plain:
@@ -211,9 +211,9 @@ def test_bf16_mixed_precision_trains_the_text_encoder_adapter_in_float32(tmp_pat
     seen = step_spy
     summary = train(_cfg(tmp_path, extra=[("train.mixed_precision", "bf16"), ("train.lr", "1e-2")]))
     assert abs(summary["first_metrics"]["loss"] - math.log(2)) < 1e-6
-    encoder = seen["step"].trained_text.text_encoders[0]
+    encoder = seen["step"].text.trained.text_encoders[0]
     assert encoder.dtype == torch.bfloat16
-    adapter = list(seen["step"].trained_text.parameters())
+    adapter = list(seen["step"].text.trained.parameters())
     assert adapter and all(p.dtype == torch.float32 for p in adapter)
     exported = load_file(tmp_path / LORA_FILE)
     text_b = [v for k, v in exported.items() if k.startswith("text_encoder.") and "lora" in k and "up" in k]

@@ -21,63 +21,33 @@ import torch
 
 from ..data.encoding_cache import EncodingCache, FrozenEncoders
 from ..models.conditioning import cast_floats, take_rows
-from ..models.segment_encoding import encode_prompts
 from ..objectives.base import Objective
 from .errors import per_sample_errors, target_for
 from .inversion import ddim_inversion_latents
 from .noise import group_noise, sample_latents, seeded_generators
 from .reference import reference_unet
+from .text_sources import FrozenText
 
 
 class TrainStep:
     def __init__(self, objective: Objective, vae, text, noise_scheduler, frozen_reference, accelerator,
-                 cache: EncodingCache | None = None, user_adapter=None, trained_text=None,
-                 timestep_range: tuple[int, int] | None = None, segment_encoders: list[tuple] | None = None):
+                 cache: EncodingCache | None = None, user_adapter=None,
+                 timestep_range: tuple[int, int] | None = None, text_source=None):
         """``text``: the text encoder (SD) or a conditioner (models/conditioning.py: SD or SDXL).
         ``cache``: frozen-encoder outputs on disk (data.encoding_cache); the encoders run only on misses.
         ``user_adapter``: PPD's (models/user_attention.py); the batch then holds ``user_embedding`` [U, E], one per
         caption, whose user tokens are appended to each row's text states (with gradient, for the projector).
-        ``trained_text``: text encoder(s) that train, a LoRA (models/lora.TextEncoderLora) or full weights
-        (models/text_encoder_full.FullTextEncoders): the policy's text states are then computed with gradient, and
-        the reference's by its ``encode(..., reference=True)`` (the adapters off, or a frozen starting copy).
         ``timestep_range``: [low, high) of the training timesteps (train.timestep_range; None = all).
-        ``segment_encoders``: [(tokenizer, frozen text encoder)] (models/segment_encoding.encoder_pairs), read only when
-        the objective's ``text_encoding`` is "segments": the text states then come from the batch's ``captions``
-        encoded sentence by sentence ([U, max_text_length, D]) instead of from its 77 ids."""
-        if trained_text is not None and cache is not None:
-            raise ValueError("a trained text encoder's states cannot come from the encoding cache")
-        self.segments = objective.text_encoding == "segments"
-        if self.segments and (segment_encoders is None or cache is not None or trained_text is not None):
-            raise ValueError("segment encoding needs segment_encoders and frozen, uncached text encoders")
-        self.segment_encoders = segment_encoders
-        self.user_adapter, self.trained_text, self.timestep_range = user_adapter, trained_text, timestep_range
-        self.empty_ids, self.empty_start, self.empty_prompt_weight = None, (), 0.0  # anchor_empty_prompt sets them
+        ``text_source``: where the text states come from (core/text_sources.py); default the frozen encoders
+        through the cache. A trained text encoder's or segment encoding's source is built by training/steps.py."""
+        self.user_adapter, self.timestep_range = user_adapter, timestep_range
         self.objective, self.vae = objective, vae
         self.encoders = FrozenEncoders(vae, text, cache)
         self.conditioner = self.encoders.conditioner
+        self.text = text_source or FrozenText(self.encoders)
         self.noise_scheduler, self.frozen_reference, self.accelerator = noise_scheduler, frozen_reference, accelerator
         self.scaling = vae.config.scaling_factor
         objective.bind_processes(self._weighted_mean_over_processes)  # e.g. KTO's reference point
-
-    def anchor_empty_prompt(self, empty_ids: torch.Tensor, weight: float) -> None:
-        """Add ``weight`` x empty_prompt_drift to every loss (train.empty_prompt_anchor), where
-
-            empty_prompt_drift = sum over encode's outputs of mean((E_theta(empty) - E_start(empty))^2)
-
-        on the empty prompt's ids ``empty_ids`` ([77], SDXL [2, 77]): classifier-free guidance's unconditional input
-        in SD pipelines. Call it before training, and before a checkpoint is loaded: E_start is computed here, once,
-        from the encoder as it is now (the starting model, the reference's), in the same precision as the policy's
-        later encodes, so the drift is exactly 0 at the start."""
-        if self.trained_text is None:
-            raise ValueError("anchor_empty_prompt needs a trained text encoder")
-        self.empty_ids, self.empty_prompt_weight = empty_ids[None], weight  # [1, 77] or [1, 2, 77]
-        with torch.no_grad():
-            self.empty_start = tuple(part.detach() for part in self.trained_text.encode(self.conditioner,
-                                                                                        self.empty_ids))
-
-    def _empty_prompt_drift(self) -> torch.Tensor:
-        policy = self.trained_text.encode(self.conditioner, self.empty_ids)
-        return sum(((p.float() - s.float()) ** 2).mean() for p, s in zip(policy, self.empty_start))
 
     def _weighted_mean_over_processes(self, value: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """sum_r w_r v_r / sum_r w_r over ranks (0 if every rank had weight 0); scalars in, scalar out."""
@@ -102,30 +72,16 @@ class TrainStep:
         if self.user_adapter is not None:  # its parameters join the (zero) gradient like the other ranks'
             text = self.user_adapter.append_tokens(text, text.new_zeros(1, self.user_adapter.embed_dim))
         loss = 0.0 * unet(x, t, encoder_hidden_states=text, **extra).sample.float().sum()
-        if self.trained_text is not None:
-            # The text encoders' gradients are averaged by hand, parameter by parameter, on every rank:
-            # this rank must have the same gradients present (zeros), or its all-reduces pair with others' calls.
-            ids = torch.zeros((1, 2, 77) if self.conditioner.kind == "sdxl" else (1, 77), dtype=torch.long,
-                              device=self.accelerator.device)
-            loss = loss + 0.0 * sum(part.float().sum() for part in self.conditioner.encode(ids))
-        if self.empty_prompt_weight:  # the anchor's own term, as the other ranks add it
-            loss = loss + self.empty_prompt_weight * self._empty_prompt_drift()
-        return loss
+        return self.text.add_idle_terms(loss)  # a trained text encoder's (zero) gradients and its anchor term
 
     def _text_rows(self, batch: dict, reference: bool = False) -> tuple[torch.Tensor, dict]:
-        """Each row's text states [R, 77, D] and extra UNet kwargs (SDXL: its pooled text and time ids).
+        """Each row's text states [R, L, D] and extra UNet kwargs (SDXL: its pooled text and time ids).
 
-        Frozen text encoders: computed without gradient (and through the cache). Trained ones (models/trained_text):
-        the policy's with gradient, or the reference's (``reference=True``); the caller picks the grad mode.
+        From the step's text source: frozen encoders without gradient (through the cache); trained ones with
+        gradient for the policy, or the reference's own (``reference=True``; the caller picks the grad mode).
         """
         device = self.accelerator.device
-        if self.segments:  # [U, max_text_length, D] (and SDXL's pooled [U, P]), from the captions' text
-            states, pooled = encode_prompts(batch["captions"], self.segment_encoders, self.objective.max_text_length)
-            encoded = (states.to(device),) if pooled is None else (states.to(device), pooled.to(device))
-        elif self.trained_text is None:
-            encoded = self.encoders.text(batch["input_ids"])  # (states [U, 77, D],) or SDXL (+ pooled [U, P])
-        else:
-            encoded = self.trained_text.encode(self.conditioner, batch["input_ids"], reference)
+        encoded = self.text.encode(batch, reference)  # (states [U, L, D],) or SDXL (+ pooled [U, P])
         row_text = batch["row_text"].to(device)
         pooled = encoded[1][row_text] if len(encoded) > 1 else None
         meta = batch["image_meta"].to(device)[batch["row_image"].to(device)] if "image_meta" in batch else None
@@ -162,7 +118,7 @@ class TrainStep:
         batch = self.objective.prepare_batch(batch)
         text, extra = self._text_rows(batch)  # [R, 77, D]; with gradient only when the text encoder trains
         reference_text = None  # a trained text encoder: the reference's own states, computed once
-        if self.trained_text is not None and self.objective.needs_reference:
+        if self.text.own_reference and self.objective.needs_reference:
             with torch.inference_mode():  # in the same precision as the policy's
                 reference_text = self._text_rows(batch, reference=True)
         x_t, t, target = self._inputs(unet, batch, text, extra, reference_text)  # float32; the UNet autocasts
@@ -193,8 +149,4 @@ class TrainStep:
                                         **cast_floats(extra, r.dtype))
             ref = ref.clone()  # [R]; an ordinary tensor again, as the loss combines it with the policy's under autograd
         loss, metrics = self.objective.row_loss(policy, ref, batch)
-        if self.empty_prompt_weight:
-            drift = self._empty_prompt_drift()
-            loss = loss + self.empty_prompt_weight * drift
-            metrics = {**metrics, "empty_prompt_drift": drift.item()}
-        return loss, metrics
+        return self.text.add_terms(loss, metrics)  # e.g. train.empty_prompt_anchor's term

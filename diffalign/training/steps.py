@@ -43,19 +43,32 @@ class DenoisingStep(TrainStep):
 
 def denoising_step(cfg: Config, objective, parts, accelerator: Accelerator, trained, weight_dtype):
     cache = open_encoding_cache(cfg, weight_dtype, accelerator.process_index) if cfg.data.cache_encodings else None
-    step = DenoisingStep(objective, parts.vae, conditioner_for(parts), parts.noise_scheduler, trained.reference,
-                         accelerator, user_adapter=trained.user_adapter, trained_text=trained.trained_text,
-                         timestep_range=cfg.train.timestep_range, cache=cache,
-                         segment_encoders=encoder_pairs(parts))  # read when the objective encodes by segments
-    if cfg.train.empty_prompt_anchor:  # before any resume: it records the starting encoder's states
-        from ..data.examples import token_ids
+    conditioner = conditioner_for(parts)
+    return DenoisingStep(objective, parts.vae, conditioner, parts.noise_scheduler, trained.reference, accelerator,
+                         cache=cache, user_adapter=trained.user_adapter, timestep_range=cfg.train.timestep_range,
+                         text_source=text_source(cfg, objective, parts, accelerator, trained, conditioner))
 
-        if parts.kind == "sdxl" and parts.force_zeros_for_empty_prompt:
-            logger.warning("train.empty_prompt_anchor on an SDXL model with force_zeros_for_empty_prompt: its "
-                           "pipeline feeds zeros, not the empty prompt's states, to the unconditional branch, so "
-                           "the anchor holds states the pipeline does not use")
-        step.anchor_empty_prompt(token_ids(parts.tokenizers, ""), cfg.train.empty_prompt_anchor)
-    return step
+
+def text_source(cfg: Config, objective, parts, accelerator: Accelerator, trained, conditioner):
+    """Where the step's text states come from (core/text_sources.py); None: the frozen encoders (the step's
+    default, through the encoding cache). config.validate has refused the combinations that cannot work (a trained
+    or segment-encoded text with the cache, segments with a trained text encoder)."""
+    from ..core.text_sources import SegmentText, TrainedText
+
+    if trained.trained_text is not None:
+        source = TrainedText(trained.trained_text, conditioner)
+        if cfg.train.empty_prompt_anchor:  # before any resume: it records the starting encoder's states
+            from ..data.examples import token_ids
+
+            if parts.kind == "sdxl" and parts.force_zeros_for_empty_prompt:
+                logger.warning("train.empty_prompt_anchor on an SDXL model with force_zeros_for_empty_prompt: its "
+                               "pipeline feeds zeros, not the empty prompt's states, to the unconditional branch, "
+                               "so the anchor holds states the pipeline does not use")
+            source.anchor_empty_prompt(token_ids(parts.tokenizers, ""), cfg.train.empty_prompt_anchor)
+        return source
+    if objective.text_encoding == "segments":
+        return SegmentText(encoder_pairs(parts), objective.max_text_length, accelerator.device)
+    return None
 
 
 def reward_step(cfg: Config, objective, parts, accelerator: Accelerator, trained, weight_dtype):
