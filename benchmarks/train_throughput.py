@@ -20,7 +20,12 @@ scripts do): frozen encoders (and the naive step's reference copy) in that dtype
 
 UNets: ``toy`` is the embedded toy SD (assets/toy-sd), on its own data. ``sd15`` is the real SD1.5 UNet, VAE and
 CLIP ViT-L text encoder architectures built from their configs with random weights (no download), on toy images
-resized to ``--latent`` x 8 pixels. Writes a table (stdout, and --markdown) and JSON (--out).
+resized to ``--latent`` x 8 pixels. Flow transformers: ``toy-flow`` is the embedded SD3-shaped toy
+(assets/toy-flow); ``sd35m`` is Stable Diffusion 3.5 Medium's transformer (its config, random weights, 2.5B
+parameters) with SD3's 16-channel VAE, on toy images resized to ``--latent`` x 8 pixels; its text encoders have
+the real widths (CLIP-L 768, CLIP-G 1280, T5 4096) but one layer each, since with the warm encoding cache they only
+run during warm-up (T5-XXL's 4.7B parameters would not fit this machine's memory in float32). Flow models have no
+naive row: the reference scripts' step is measured for UNets. Writes a table (stdout, and --markdown) and JSON (--out).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 METHODS = ["dpo", "mapo", "inpo", "kto", "tdpo", "tkto"]
+FLOW_MODELS = ("toy-flow", "sd35m")
 MODES = ["floor", "diffalign", "naive"]
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 LORA = dict(rank=8, alpha=8.0, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
@@ -82,6 +88,47 @@ def _sd15_modules():
     return unet, vae, text
 
 
+def sd35m_components(seed: int = 0, device: str = "cpu"):
+    """SD3.5 Medium's transformer (stabilityai/stable-diffusion-3.5-medium's transformer config) and SD3's VAE,
+    random; text encoders of the real widths with one layer each (see the module docstring). Returns loaded-parts
+    of models.loading.SDComponents' shape."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from diffalign.families.flow import LazyEncoder
+    from diffalign.models.loading import SDComponents
+    from diffalign.models.small_tokenizers import build_t5_tokenizer
+    from diffalign.models.tokenizer import build_clip_tokenizer
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        transformer = SD3Transformer2DModel(
+            sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
+            num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+            pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=384,
+            dual_attention_layers=tuple(range(13)), qk_norm="rms_norm")
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, layers_per_block=2,
+                            block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4, use_quant_conv=False, use_post_quant_conv=False,
+                            shift_factor=0.0609, scaling_factor=1.5305)
+        clips = [CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=49408, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=1,
+            num_attention_heads=width // 64, max_position_embeddings=77, projection_dim=width)) for width in (768, 1280)]
+        t5 = T5EncoderModel(T5Config(vocab_size=256, d_model=4096, d_kv=64, d_ff=1024, num_layers=1, num_heads=64))
+    clip_tokenizer = build_clip_tokenizer()
+    return SDComponents(kind="sd3", tokenizer=clip_tokenizer, text_encoder=clips[0], tokenizer_2=clip_tokenizer,
+                        text_encoder_2=clips[1], tokenizer_3=build_t5_tokenizer(["a red circle"] * 8),
+                        text_encoder_3=LazyEncoder(lambda: t5), vae=vae, unet=transformer,
+                        noise_scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), max_sequence_length=77)
+
+
+def flow_components(name: str, device: str):
+    from diffalign.models.loading import load_sd_components
+    from diffalign.paths import TOY_FLOW
+
+    return sd35m_components(device=device) if name == "sd35m" else load_sd_components(str(TOY_FLOW))
+
+
 def toy_components():
     from diffalign.models.loading import load_sd_components
     from diffalign.paths import TOY_SD
@@ -115,7 +162,7 @@ def frozen_copy(module, dtype: torch.dtype):
     return twin.requires_grad_(False).eval()
 
 
-def make_step(mode: str, method: str, unet, vae, text_encoder, scheduler, batch: dict, device: torch.device,
+def make_step(mode: str, method: str, unet, vae, family, batch: dict, device: torch.device,
               mixed_precision: str = "no"):
     """A zero-argument callable doing one micro-step of ``mode`` (forward + backward); returns nothing.
     The frozen encoders are already in the precision's dtype (as the trainer's ``freeze_encoders`` leaves them)."""
@@ -132,7 +179,7 @@ def make_step(mode: str, method: str, unet, vae, text_encoder, scheduler, batch:
     dtype = DTYPES[mixed_precision]
     reference_copy = frozen_copy(unet, dtype) if mode == "naive" and objective.needs_reference else None
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)  # reusable
-    attach_lora(unet, **LORA)
+    attach_lora(unet, **dict(LORA, target_modules=family.lora_targets))  # SD3/Flux: the context stream's too
     cast_frozen_weights(unet, dtype)  # as the trainer: the frozen base in the training precision, LoRA float32
     unet.train()
     rows = len(batch["row_image"])
@@ -142,7 +189,7 @@ def make_step(mode: str, method: str, unet, vae, text_encoder, scheduler, batch:
         accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision)
         unet = accelerator.prepare(unet)
         cache = EncodingCache(Path(tempfile.mkdtemp(prefix="bench-cache-")))
-        step_fn = TrainStep(objective, vae, text_encoder, scheduler, None, accelerator, cache)
+        step_fn = TrainStep(objective, vae, family, None, accelerator, cache)
 
         def step():
             loss, _ = step_fn(unet, batch)
@@ -153,8 +200,11 @@ def make_step(mode: str, method: str, unet, vae, text_encoder, scheduler, batch:
     if mode == "floor":
         with torch.no_grad():  # ready-made inputs of the step's shapes (what a perfect pipeline would hand over)
             mean = vae.encode(batch["pixels"][:1].to(device, dtype)).latent_dist.mean
+            encoded = family.conditioner.encode(batch["input_ids"][:1])  # (states [1, L, D],) (+ pooled [1, P])
         x = torch.randn(rows, *mean.shape[1:], device=device)
-        text = torch.randn(rows, 77, text_encoder.config.hidden_size, device=device, dtype=text_encoder.dtype)
+        text = torch.randn(rows, *encoded[0].shape[1:], device=device, dtype=encoded[0].dtype)
+        pooled = torch.randn(rows, *encoded[1].shape[1:], device=device) if len(encoded) > 1 else None
+        extra = family.conditioner.unet_kwargs(pooled, torch.zeros(rows, 6)) if pooled is not None else {}
         t = torch.randint(0, 1000, (rows,), device=device)
         extra_forwards = (1 if objective.needs_reference else 0) + (
             objective.inversion_options["steps"] if objective.noising == "ddim_inversion" else 0)
@@ -164,16 +214,18 @@ def make_step(mode: str, method: str, unet, vae, text_encoder, scheduler, batch:
                 with torch.inference_mode(), autocast:
                     unet.disable_adapters()
                     for _ in range(extra_forwards):
-                        unet(x, t, text)
+                        family.predict(unet, x, t, text, **extra)
                     unet.enable_adapters()
             with autocast:
-                out = unet(x, t, text).sample
+                out = family.predict(unet, x, t, text, **extra)
             out.float().pow(2).mean().backward()
             unet.zero_grad(set_to_none=True)
         return step
 
-    # naive: the reference scripts' shape of step
+    # naive: the reference scripts' shape of step (UNets)
     from diffalign.core.errors import target_for
+
+    text_encoder, scheduler = family.conditioner.text_encoder, family.scheduler
 
     def step():
         with torch.no_grad():
@@ -214,17 +266,26 @@ def worker(args) -> dict:
     """One (UNet, method, mode) measurement in this process."""
     torch.set_num_threads(args.threads or torch.get_num_threads())
     device = torch.device(args.device)
-    if args.unet == "toy":
-        unet, vae, text_encoder, tokenizer, scheduler = toy_components()
-        resolution = None
+    from diffalign.families import family_for
+    from diffalign.families.unet import UnetFamily
+    from diffalign.models.conditioning import SDConditioner
+    from diffalign.models.loading import freeze_encoders
+
+    resolution = None if args.unet in ("toy", "toy-flow") else args.latent * 8
+    if args.unet in FLOW_MODELS:
+        parts = flow_components(args.unet, args.device)
+        # as the trainer: the frozen encoders in the training precision's dtype (a lazy T5 when it loads)
+        freeze_encoders(parts, device, DTYPES[args.mixed_precision])
+        unet, vae, tokenizer, family = parts.unet, parts.vae, parts.tokenizers, family_for(parts)
     else:
-        unet, vae, text_encoder, tokenizer, scheduler = sd15_components(device=args.device)
-        resolution = args.latent * 8
-    for frozen in (vae, text_encoder):  # as the trainer's freeze_encoders: the training precision's dtype
-        frozen.requires_grad_(False).eval().to(device, dtype=DTYPES[args.mixed_precision])
+        unet, vae, text_encoder, tokenizer, scheduler = toy_components() if args.unet == "toy" else \
+            sd15_components(device=args.device)
+        for frozen in (vae, text_encoder):  # as the trainer's freeze_encoders: the training precision's dtype
+            frozen.requires_grad_(False).eval().to(device, dtype=DTYPES[args.mixed_precision])
+        family = UnetFamily("sd", scheduler, SDConditioner(text_encoder), vae.config, unet.config)
     unet.to(device)
     batch = one_batch(args.method, tokenizer, args.pairs, resolution)
-    step = make_step(args.mode, args.method, unet, vae, text_encoder, scheduler, batch, device, args.mixed_precision)
+    step = make_step(args.mode, args.method, unet, vae, family, batch, device, args.mixed_precision)
     for _ in range(args.warmup):  # the first diffalign step also fills the encoding cache
         step()
     if device.type == "cuda":
@@ -252,9 +313,9 @@ def run_all(args) -> list[dict]:
     best: dict[tuple, dict] = {}
     for round_ in range(args.rounds):
         for unet in args.unets.split(","):
-            pairs = args.pairs or (16 if unet == "toy" else 2)
+            pairs = args.pairs or (16 if unet in ("toy", "toy-flow") else 2)
             for method in args.methods.split(","):
-                for mode in MODES:
+                for mode in MODES if unet not in FLOW_MODELS else ("floor", "diffalign"):
                     command = [sys.executable, __file__, "--worker", "--unet", unet, "--method", method, "--mode",
                                mode, "--pairs", str(pairs), "--steps", str(args.steps), "--warmup", str(args.warmup),
                                "--device", args.device, "--latent", str(args.latent), "--threads", str(args.threads),
@@ -278,10 +339,11 @@ def table(results: list[dict]) -> str:
              "| peak MB diffalign | peak MB naive |", "|---|---|---|---|---|---|---|---|---|"]
     for unet, method in dict.fromkeys((r["unet"], r["method"]) for r in results):
         d, f, n = (by.get((unet, method, m)) for m in MODES[1:2] + MODES[:1] + MODES[2:])
+        naive = (f"{n['examples_per_second']:.2f} | {d['examples_per_second'] / n['examples_per_second']:.2f}× | "
+                 f"{d['peak_memory_mb']:.0f} | {n['peak_memory_mb']:.0f}") if n else \
+            f"— | — | {d['peak_memory_mb']:.0f} | —"  # flow models: no naive step
         lines.append(f"| {unet} | {method} | {d['examples_per_second']:.2f} | {f['examples_per_second']:.2f} | "
-                     f"{d['examples_per_second'] / f['examples_per_second']:.2f} | "
-                     f"{n['examples_per_second']:.2f} | {d['examples_per_second'] / n['examples_per_second']:.2f}× | "
-                     f"{d['peak_memory_mb']:.0f} | {n['peak_memory_mb']:.0f} |")
+                     f"{d['examples_per_second'] / f['examples_per_second']:.2f} | {naive} |")
     precisions = sorted({r.get("mixed_precision", "no") for r in results})
     lines.append(f"\nmixed precision: {', '.join(precisions)}")
     for unet in dict.fromkeys(r["unet"] for r in results):
@@ -294,7 +356,7 @@ def table(results: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--unets", default="toy,sd15")
+    parser.add_argument("--unets", default="toy,sd15", help="toy, sd15, toy-flow, sd35m (comma-separated)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--pairs", type=int, default=0, help="examples per micro-batch (default: toy 16, sd15 2)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement")

@@ -23,6 +23,11 @@ class ModelConfig:
     variant: str | None = None  # weight variant on the hub, e.g. "fp16"
     vae: str | None = None  # another VAE (hub id or folder), e.g. madebyollin/sdxl-vae-fp16-fix (SDXL in fp16)
     trust_remote_code: bool = False  # run code shipped with a hub model (e.g. objective.perturber_model); off unless set
+    # SD3/Flux: T5 tokens per caption (null: 77 for SD3, as diffusers' SD3 LoRA script; 512 for Flux, as Flux-dev)
+    max_sequence_length: int | None = None
+    # Flux with a guidance embedding (Flux-dev): the guidance value the transformer reads in training (diffusers'
+    # Flux LoRA script: 3.5); ignored by transformers without one (Flux-schnell) and by other families
+    guidance: float = 3.5
 
 
 @dataclass
@@ -47,7 +52,9 @@ class LoraSettings:
     enabled: bool = True  # False = full fine-tune of the UNet (reference = a frozen copy)
     rank: int = 8
     alpha: float = 8.0  # LoRA scale is alpha / rank
-    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    # null: the model family's own, as diffusers' LoRA scripts (SD/SDXL: to_q, to_k, to_v, to_out.0; SD3/Flux: those
+    # and the context stream's add_q_proj, add_k_proj, add_v_proj, to_add_out)
+    target_modules: list[str] | None = None
     # Also a LoRA on the text encoder(s), as diffusers' --train_text_encoder (same rank and alpha). The
     # reference then runs with both adapters off, and the text states are computed with gradient every step.
     text_encoder: bool = False
@@ -75,6 +82,12 @@ class TrainConfig:
     # [low, high): draw training timesteps uniformly from this range only (diffusers' timestep_bias "range");
     # null = all of [0, num_train_timesteps). Composition (what is where, the background) is decided at high t.
     timestep_range: list[int] | None = None
+    # SD3/Flux: how σ is drawn (diffusers' compute_density_for_timestep_sampling): "logit_normal" (SD3's default),
+    # "mode" or "uniform"; logit_mean/logit_std for logit_normal, mode_scale for mode (diffusers' script defaults)
+    timestep_sampling: str = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
     ema_reference_decay: float | None = None  # full fine-tune: the reference follows the policy as an EMA (else frozen)
     # Full fine-tune (lora.enabled: false): train every text-encoder weight too, as diffusers' DreamBooth
     # --train_text_encoder without LoRA; the reference reads a frozen copy of the starting encoder(s). Saved as
@@ -348,6 +361,8 @@ def validate(cfg: Config, given: dict | None = None, overridden: set[str] = froz
     r = t.timestep_range
     if r is not None and (len(r) != 2 or not all(type(v) is int for v in r) or not 0 <= r[0] < r[1]):
         raise ConfigError(f"train.timestep_range: expected [low, high) with 0 <= low < high; got {t.timestep_range}")
+    if t.timestep_sampling not in ("logit_normal", "mode", "uniform"):
+        raise ConfigError(f"train.timestep_sampling: expected logit_normal, mode or uniform; got {t.timestep_sampling!r}")
     if t.optimizer not in ("adamw", "adamw_8bit", "adafactor"):
         raise ConfigError(f"train.optimizer: expected adamw, adamw_8bit or adafactor; got {t.optimizer!r}")
     if t.ema_reference_decay is not None:
@@ -372,7 +387,8 @@ def _numeric_rules() -> dict:
             "train.empty_prompt_anchor": non_negative, "train.seed": non_negative_int,
             "train.checkpoint_every": non_negative_int, "train.checkpoints_total_limit": non_negative_int,
             "train.validation_every": non_negative_int, "data.resolution": image_side, "data.max_pairs": count,
-            "data.num_workers": non_negative_int, "lora.rank": count, "lora.alpha": positive,
+            "data.num_workers": non_negative_int, "lora.rank": count, "train.logit_std": positive,
+            "model.max_sequence_length": count, "model.guidance": non_negative, "lora.alpha": positive,
             "eval.seeds_per_prompt": count, "eval.num_inference_steps": count, "eval.guidance_scale": guidance}
 
 

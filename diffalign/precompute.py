@@ -20,7 +20,7 @@ from .config import Config, ConfigError
 from .data.encoding_cache import FrozenEncoders
 from .data.examples import without_skipped
 from .data.factory import build_training_data
-from .models.conditioning import conditioner_for
+from .families import family_for
 from .models.loading import freeze_encoders, load_sd_components, load_tokenizer
 from .objectives import get_objective
 
@@ -34,16 +34,16 @@ def fill_encoding_cache(cfg: Config, processes: int = 1) -> dict:
     if device.type == "cpu" and dtype == torch.float16:
         dtype = torch.float32  # as accelerate on CPU: fp16 mixed precision is unavailable there
     objective = get_objective(cfg.method, **cfg.objective)
-    tokenizer = load_tokenizer(cfg.model.pretrained, cfg.model.revision)
+    tokenizer = load_tokenizer(cfg.model.pretrained, cfg.model.revision, cfg.model.max_sequence_length)
     per_update = cfg.train.batch_size * cfg.train.grad_accum * processes
     dataset, _, collate = build_training_data(cfg.data, objective, tokenizer, cfg.train.seed, per_update,
                                               cfg.model.trust_remote_code)
     # The same components, dtypes and conditioning as train.py, so the entries are the ones training would make.
     parts = load_sd_components(cfg.model.pretrained, cfg.model.revision, cfg.model.variant, tokenizer,
-                               vae=cfg.model.vae)
+                               vae=cfg.model.vae, max_sequence_length=cfg.model.max_sequence_length)
     freeze_encoders(parts, device, dtype, replacement_vae=bool(cfg.model.vae))
     cache = open_encoding_cache(cfg, dtype)
-    encoders = FrozenEncoders(parts.vae, conditioner_for(parts), cache)
+    encoders = FrozenEncoders(parts.vae, family_for(parts, cfg.train, cfg.model).conditioner, cache)
     updates_per_epoch = max(1, len(dataset) // per_update)
     epochs = math.ceil(cfg.train.max_steps / updates_per_epoch)
     skipped = 0

@@ -64,6 +64,15 @@ def _same(a, b) -> bool:
     return a == b
 
 
+def _defaults() -> dict:
+    """Every config field's default, flattened (the objective's options excepted: they are resolved per method)."""
+    import dataclasses
+
+    from .config import Config
+
+    return {k: v for k, v in flatten(dataclasses.asdict(Config())).items() if not k.startswith("objective.")}
+
+
 def _free(key: str, current: dict) -> bool:
     if key in FREE or key.startswith(FREE_PREFIXES):
         return True
@@ -76,8 +85,11 @@ def check_resume_config(saved: dict, current: dict, accepted: set[str], where: s
     if not saved:
         raise ConfigError(f"{where} has no config.json: diffalign cannot tell which run it belongs to")
     old, new = flatten(saved), flatten(current)
+    defaults = _defaults()
+    # A field a newer version added (absent from the checkpoint) at its default changes nothing the run did.
     changed = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new))
-               if not _same(old.get(k), new.get(k)) and not _free(k, new)}
+               if not _same(old.get(k), new.get(k)) and not _free(k, new)
+               and not (k not in old and k in defaults and _same(new.get(k), defaults[k]))}
     unknown = sorted(set(accepted) - set(changed))
     if unknown:
         raise ConfigError(f"--resume-accept {', '.join(unknown)}: not a difference between {where} and this run "

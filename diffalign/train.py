@@ -30,7 +30,8 @@ from diffalign.checkpointing import (BrokenCheckpoint, NonFiniteWeights, Trainin
                                      checkpoint_config, resume as resume_from, save_checkpoint)
 from diffalign.config import Config, ConfigError, load_config
 from diffalign.data.factory import build_training_data
-from diffalign.models.loading import freeze_encoders, load_sd_components, load_tokenizer
+from diffalign.families import family_class
+from diffalign.models.loading import FLOW_KINDS, freeze_encoders, load_sd_components, load_tokenizer, pipeline_kind
 from diffalign.objectives import get_objective
 from diffalign.paths import REPO_ROOT, check_run_folder, clear_run_folder, is_toy_model, refuse_overwrite
 import diffalign.toy.plugin  # noqa: F401  (the entry point registers the toy world: prompt sets "toy:<set>", scorer "toy")
@@ -215,9 +216,12 @@ def load_inputs(cfg: Config, objective, accelerator):
     """(dataset, sampler, collate, SD components, weight dtype). The data first: a wrong column or an empty table
     is reported before gigabytes of weights load."""
     try:
-        tokenizer = load_tokenizer(cfg.model.pretrained, cfg.model.revision)
+        tokenizer = load_tokenizer(cfg.model.pretrained, cfg.model.revision, cfg.model.max_sequence_length)
+        kind = pipeline_kind(cfg.model.pretrained, cfg.model.revision)
     except ValueError as err:  # an unsupported pipeline type or an unreadable checkpoint file
         raise ConfigError(str(err)) from err
+    family = family_class(kind)
+    check_family(cfg, objective, kind, family)
     per_update = cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes
     try:
         dataset, sampler, collate = build_training_data(cfg.data, objective, tokenizer, cfg.train.seed, per_update,
@@ -225,11 +229,12 @@ def load_inputs(cfg: Config, objective, accelerator):
     except ValueError as err:
         raise ConfigError(str(err)) from err
     parts = load_sd_components(cfg.model.pretrained, cfg.model.revision, cfg.model.variant, tokenizer,
-                               vae=cfg.model.vae)
-    vae_factor = 2 ** (len(parts.vae.config.block_out_channels) - 1)  # pixels per latent cell (SD: 8)
+                               vae=cfg.model.vae, max_sequence_length=cfg.model.max_sequence_length)
+    # pixels per latent cell (SD: 8); flow transformers read 2x2 latent patches, so twice that
+    vae_factor = 2 ** (len(parts.vae.config.block_out_channels) - 1) * (2 if kind in FLOW_KINDS else 1)
     if cfg.data.resolution % vae_factor:
-        raise ConfigError(f"data.resolution: expected a multiple of the VAE's factor {vae_factor}, got "
-                          f"{cfg.data.resolution}")
+        raise ConfigError(f"data.resolution: expected a multiple of {vae_factor} for this model (its VAE's factor"
+                          f"{', times its 2x2 patches' if kind in FLOW_KINDS else ''}), got {cfg.data.resolution}")
     steps_of_model = parts.noise_scheduler.config.num_train_timesteps
     if cfg.train.timestep_range is not None and cfg.train.timestep_range[1] > steps_of_model:
         raise ConfigError(f"train.timestep_range {cfg.train.timestep_range}: the model has {steps_of_model} training "
@@ -238,6 +243,19 @@ def load_inputs(cfg: Config, objective, accelerator):
     freeze_encoders(parts, accelerator.device, weight_dtype, replacement_vae=bool(cfg.model.vae),
                     text_encoders_train=cfg.train.text_encoder)
     return dataset, sampler, collate, parts, weight_dtype
+
+
+def check_family(cfg: Config, objective, kind: str, family) -> None:
+    """Before any weights load: the method and settings run on this model family (families/), and lora.target_modules
+    left null becomes the family's own (recorded so in the run's config)."""
+    reason = family.unsupported(objective, cfg)
+    if reason:
+        raise ConfigError(f"{cfg.method} on a {kind} model ({cfg.model.pretrained}): {reason}")
+    if kind not in FLOW_KINDS and cfg.model.max_sequence_length is not None:
+        raise ConfigError(f"model.max_sequence_length is the T5 length of SD3/Flux captions; {cfg.model.pretrained} "
+                          f"is a {kind} model (77 CLIP tokens): remove it")
+    if cfg.lora.target_modules is None:
+        cfg.lora.target_modules = list(family.lora_targets)
 
 
 def make_loader(cfg: Config, dataset, sampler, collate, accelerator) -> torch.utils.data.DataLoader:

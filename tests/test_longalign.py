@@ -146,9 +146,9 @@ def _toy_step(text_encoding="truncate", reward=None, steps=4, every=2):
 
 def test_reward_step_trains_the_lora_and_is_reproducible(toy_denscore):
     step, parts, params = _toy_step(reward=toy_denscore)
-    batch = {"captions": LONG, "input_ids": torch.stack([build_clip_tokenizer()(c, padding="max_length",
-                                                                                 max_length=77, truncation=True,
-                                                                                 return_tensors="pt").input_ids[0]
+    batch = {"captions": LONG, "input_ids": torch.stack([parts.tokenizer(c, padding="max_length", max_length=77,
+                                                                          truncation=True,
+                                                                          return_tensors="pt").input_ids[0]
                                                          for c in LONG]), "seeds": torch.tensor([5, 6])}
     loss, metrics = step(parts.unet, batch)
     loss.backward()

@@ -432,6 +432,8 @@ def test_the_step_conditions_each_pairs_rows_on_its_own_user_and_the_reference_o
 
     from diffalign.core.step import TrainStep
     from diffalign.data.user_pairs import UserPreferencePairs, collate_user_pairs
+    from diffalign.families.unet import UnetFamily
+    from diffalign.models.conditioning import SDConditioner
     from diffalign.models.tokenizer import build_clip_tokenizer
     from diffalign.objectives import get_objective
 
@@ -443,9 +445,9 @@ def test_the_step_conditions_each_pairs_rows_on_its_own_user_and_the_reference_o
     seen = []
     original = objective.row_loss
     objective.row_loss = lambda policy, ref, batch: seen.append((policy.detach(), ref)) or original(policy, ref, batch)
-    step = TrainStep(objective, pipe.vae, pipe.text_encoder, pipe.scheduler, None, Accelerator(cpu=True),
-                     user_adapter=adapter)
-    ds = UserPreferencePairs(_multiuser_config(tmp_path, max_pairs=60), build_clip_tokenizer())
+    family = UnetFamily("sd", pipe.scheduler, SDConditioner(pipe.text_encoder), pipe.vae.config, pipe.unet.config)
+    step = TrainStep(objective, pipe.vae, family, None, Accelerator(cpu=True), user_adapter=adapter)
+    ds = UserPreferencePairs(_multiuser_config(tmp_path, max_pairs=60), pipe.tokenizer)
     batch = collate_user_pairs([ds[i] for i in range(3)])  # rows (w0, w1, w2, l0, l1, l2)
     users = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
     other = users.clone()

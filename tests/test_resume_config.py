@@ -161,3 +161,19 @@ def test_a_read_only_output_folder_fails_in_one_line(tmp_path, monkeypatch, caps
     assert _run(out, "--train.max_steps", "1") == 2
     err = capsys.readouterr().err
     assert "Read-only file system" in err and str(out) in err and "Traceback" not in err
+
+
+def test_a_field_added_since_the_checkpoint_at_its_default_is_no_change():
+    """A checkpoint of an earlier version lacks fields added since (the flow models' train.timestep_sampling...):
+    at their defaults they change nothing that run did; set otherwise they are a change like any other."""
+    import dataclasses
+
+    from diffalign.config import Config, ConfigError
+    from diffalign.resume_check import check_resume_config
+
+    now = dataclasses.asdict(Config())
+    saved = {**now, "train": {k: v for k, v in now["train"].items() if k != "timestep_sampling"}}
+    assert check_resume_config(saved, now, set(), "ckpt") == {}
+    other = {**now, "train": {**now["train"], "timestep_sampling": "uniform"}}
+    with pytest.raises(ConfigError, match="train.timestep_sampling: None in the checkpoint, 'uniform' now"):
+        check_resume_config(saved, other, set(), "ckpt")

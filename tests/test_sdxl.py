@@ -121,9 +121,9 @@ def _spy_on_step(monkeypatch):
 
     seen, original_init, original_call = {}, TrainStep.__init__, TrainStep.__call__
 
-    def init(self, objective, vae, text, scheduler, frozen_reference, accelerator, *rest, **options):
+    def init(self, objective, vae, family, frozen_reference, accelerator, *rest, **options):
         seen["reference"] = frozen_reference
-        original_init(self, objective, vae, text, scheduler, frozen_reference, accelerator, *rest, **options)
+        original_init(self, objective, vae, family, frozen_reference, accelerator, *rest, **options)
 
     def call(self, unet, batch):
         seen["unet"] = self.accelerator.unwrap_model(unet)
@@ -225,15 +225,15 @@ def test_wrong_model_paths_and_types_are_clear_errors(tmp_path, capsys):
 
     from diffalign.train import main
 
-    other = tmp_path / "flux"
+    other = tmp_path / "pixart"
     other.mkdir()
-    (other / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    (other / "model_index.json").write_text(json.dumps({"_class_name": "PixArtAlphaPipeline"}))
     not_sd = tmp_path / "weights.safetensors"
     save_file({"linear.weight": torch.zeros(2, 2)}, str(not_sd))
     cases = [(tmp_path / "missing", "is not a diffusers pipeline folder (no model_index.json)"),
              (tmp_path / "missing.safetensors", "no such checkpoint file"),
-             (other, "a FluxPipeline pipeline is not supported; diffalign trains StableDiffusionPipeline and "
-                     "StableDiffusionXLPipeline models"),
+             (other, "a PixArtAlphaPipeline pipeline is not supported; diffalign trains StableDiffusionPipeline, "
+                     "StableDiffusionXLPipeline, StableDiffusion3Pipeline, FluxPipeline models"),
              (not_sd, "is not supported; diffalign trains SD 1.x/2.x and SDXL base checkpoints")]
     for path, message in cases:
         code = main(["--method", "dpo", "--model.pretrained", str(path), "--output_dir", str(tmp_path / "out"),

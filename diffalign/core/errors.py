@@ -1,7 +1,8 @@
 """Per-sample denoising errors: the ELBO proxy every objective is written in.
 
 ``m(x, c) = mean over C, H, W of || prediction(x_t, t, c) - target ||^2``, always reduced in float32 (under
-bf16/fp16 autocast the UNet output is upcast first), one UNet call for the whole batch.
+bf16/fp16 autocast the UNet output is upcast first), one denoiser call for the whole batch. For flow models the
+target is the velocity ε − x0 (families/flow.py).
 The target follows the scheduler's ``prediction_type``: ``epsilon`` -> the noise, ``v_prediction`` -> the
 velocity ``sqrt(abar) eps - sqrt(1 - abar) x0``, ``sample`` -> x0.
 """
@@ -30,8 +31,12 @@ def target_for(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
     return target
 
 
-def per_sample_errors(unet, x_t: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                      target: torch.Tensor, **unet_kwargs) -> torch.Tensor:
-    """One UNet call over the batch -> errors [N] in float32."""
-    prediction = unet(x_t, t, encoder_hidden_states, **unet_kwargs).sample
+def per_sample_errors(model, x_t: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                      target: torch.Tensor, predict=None, **model_kwargs) -> torch.Tensor:
+    """One denoiser call over the batch -> errors [N] in float32. ``predict``: the model family's call
+    (families/: ``predict(model, x_t, t, states, **kwargs) -> [N, C, h, w]``); None: a UNet's."""
+    if predict is None:
+        prediction = model(x_t, t, encoder_hidden_states, **model_kwargs).sample
+    else:
+        prediction = predict(model, x_t, t, encoder_hidden_states, **model_kwargs)
     return (prediction.float() - target.float()).pow(2).mean(dim=tuple(range(1, prediction.ndim)))

@@ -11,29 +11,32 @@ Image pairs: rows (w_1..w_B, l_1..l_B), both members of pair i in group i with c
 (x_i|c_w_i ..., x_i|c_l_i ...), group i. Single images (KTO): one row, one group each.
 The policy runs once over all rows; the reference (when the objective needs one) runs once more under
 ``torch.inference_mode()`` on the same inputs, as the adapters-disabled policy (LoRA) or the frozen copy (full fine-tune).
+What differs between UNets and flow transformers (latent scaling, noising, target, the denoiser's call, the text
+conditioning) is the model family's (families/): the step reads it and nothing else of the model.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
+from functools import partial
 
 import torch
 
 from ..data.encoding_cache import EncodingCache, FrozenEncoders
 from ..models.conditioning import cast_floats, take_rows
 from ..objectives.base import Objective
-from .errors import per_sample_errors, target_for
+from .errors import per_sample_errors
 from .inversion import ddim_inversion_latents
-from .noise import group_noise, sample_latents, seeded_generators
+from .noise import sample_latents, seeded_generators
 from .reference import reference_unet
 from .text_sources import FrozenText
 
 
 class TrainStep:
-    def __init__(self, objective: Objective, vae, text, noise_scheduler, frozen_reference, accelerator,
+    def __init__(self, objective: Objective, vae, family, frozen_reference, accelerator,
                  cache: EncodingCache | None = None, user_adapter=None,
                  timestep_range: tuple[int, int] | None = None, text_source=None):
-        """``text``: the text encoder (SD) or a conditioner (models/conditioning.py: SD or SDXL).
+        """``family``: the model family (families/: UNet, SD3 or Flux), which holds the text conditioner.
         ``cache``: frozen-encoder outputs on disk (data.encoding_cache); the encoders run only on misses.
         ``user_adapter``: PPD's (models/user_attention.py); the batch then holds ``user_embedding`` [U, E], one per
         caption, whose user tokens are appended to each row's text states (with gradient, for the projector).
@@ -42,11 +45,12 @@ class TrainStep:
         through the cache. A trained text encoder's or segment encoding's source is built by training/steps.py."""
         self.user_adapter, self.timestep_range = user_adapter, timestep_range
         self.objective, self.vae = objective, vae
-        self.encoders = FrozenEncoders(vae, text, cache)
+        self.family = family
+        self.errors = partial(per_sample_errors, predict=family.predict)  # (model, x_t, t, states, target, **kw)
+        self.encoders = FrozenEncoders(vae, family.conditioner, cache)
         self.conditioner = self.encoders.conditioner
         self.text = text_source or FrozenText(self.encoders)
-        self.noise_scheduler, self.frozen_reference, self.accelerator = noise_scheduler, frozen_reference, accelerator
-        self.scaling = vae.config.scaling_factor
+        self.frozen_reference, self.accelerator = frozen_reference, accelerator
         objective.bind_processes(self._weighted_mean_over_processes)  # e.g. KTO's reference point
 
     def _weighted_mean_over_processes(self, value: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -63,15 +67,10 @@ class TrainStep:
         or the ranks' collectives mismatch and the run hangs or aborts.
         """
         self.objective.empty_batch_collectives(self.accelerator.device)
-        config = self.accelerator.unwrap_model(unet).config
-        side = 2 ** (len(config.block_out_channels) - 1)  # the smallest latent every down block can halve
-        x = torch.zeros(1, config.in_channels, side, side, device=self.accelerator.device)  # [1, C, s, s]
-        text = torch.zeros(1, 77, config.cross_attention_dim, device=self.accelerator.device)  # [1, 77, D]
-        t = torch.zeros(1, dtype=torch.long, device=self.accelerator.device)
-        extra = self.conditioner.dummy_unet_kwargs(1, self.accelerator.device)
+        x, t, text, extra = self.family.dummy_inputs(self.accelerator.device)  # one smallest row
         if self.user_adapter is not None:  # its parameters join the (zero) gradient like the other ranks'
             text = self.user_adapter.append_tokens(text, text.new_zeros(1, self.user_adapter.embed_dim))
-        loss = 0.0 * unet(x, t, encoder_hidden_states=text, **extra).sample.float().sum()
+        loss = 0.0 * self.family.predict(unet, x, t, text, **extra).float().sum()
         return self.text.add_idle_terms(loss)  # a trained text encoder's (zero) gradients and its anchor term
 
     def _text_rows(self, batch: dict, reference: bool = False) -> tuple[torch.Tensor, dict]:
@@ -92,10 +91,9 @@ class TrainStep:
         device = self.accelerator.device
         generators = seeded_generators(batch["seeds"])  # [G]
         mean, std = self.encoders.posterior(batch["pixels"])  # [N, C, h, w] each
-        images = sample_latents(mean, std, [generators[g] for g in batch["image_group"].tolist()])
-        images = images.float() * self.scaling  # [N, C, h, w]
-        eps, t = group_noise(images.shape[1:], generators, self.noise_scheduler.config.num_train_timesteps,
-                             self.timestep_range)
+        images = self.family.latents(sample_latents(mean, std, [generators[g] for g in
+                                                                 batch["image_group"].tolist()]))  # [N, C, h, w]
+        eps, t = self.family.draw(images.shape[1:], generators, self.timestep_range)  # [G, C, h, w], [G]
         rows, groups = batch["row_image"].to(device), batch["row_group"]
         x0, noise, t = images[rows], eps.to(device)[groups.to(device)], t.to(device)[groups.to(device)]  # [R, ...]
         if self.objective.noising == "ddim_inversion":
@@ -105,12 +103,12 @@ class TrainStep:
             if by_reference and reference_text is not None:  # the reference reads its own (starting) text states
                 text, unet_kwargs = reference_text
             with (reference_unet(policy, self.frozen_reference) if by_reference else nullcontext(policy)) as inverter:
-                x_t, noise = ddim_inversion_latents(inverter, self.noise_scheduler, x0, t, text,
+                x_t, noise = ddim_inversion_latents(inverter, self.family.scheduler, x0, t, text,
                                                     [generators[g] for g in groups.tolist()],
                                                     **self.objective.inversion_options, **unet_kwargs)
         else:
-            x_t = self.noise_scheduler.add_noise(x0, noise, t)
-        return x_t, t, target_for(self.noise_scheduler, x0, noise, t)
+            x_t = self.family.noisy(x0, noise, t)
+        return x_t, t, self.family.target(x0, noise, t)
 
     def __call__(self, unet, batch: dict) -> tuple[torch.Tensor, dict]:
         if batch.get("rows") == 0:  # every example of this micro-batch was a skipped bad sample
@@ -127,14 +125,14 @@ class TrainStep:
             text = self.user_adapter.append_tokens(text, users)
         detached = batch.get("row_detached")
         if detached is None:
-            policy = per_sample_errors(unet, x_t, t, text, target, **extra)  # [R] float32
+            policy = self.errors(unet, x_t, t, text, target, **extra)  # [R] float32
         else:  # rows that only inform the loss (no gradient) run without building a graph
             live = ~detached.to(x_t.device)
             policy = x_t.new_zeros(len(x_t))
-            policy[live] = per_sample_errors(unet, x_t[live], t[live], text[live], target[live],
+            policy[live] = self.errors(unet, x_t[live], t[live], text[live], target[live],
                                              **take_rows(extra, live))
             with torch.no_grad():
-                policy[~live] = per_sample_errors(unet, x_t[~live], t[~live], text[~live], target[~live],
+                policy[~live] = self.errors(unet, x_t[~live], t[~live], text[~live], target[~live],
                                                   **take_rows(extra, ~live))
         ref = None
         if self.objective.needs_reference:
@@ -145,7 +143,7 @@ class TrainStep:
             with torch.inference_mode(), self.accelerator.autocast(), \
                     reference_unet(self.accelerator.unwrap_model(unet), self.frozen_reference,
                                    [self.user_adapter] if self.user_adapter is not None else ()) as r:
-                ref = per_sample_errors(r, x_t.to(r.dtype), t, text.to(r.dtype), target,
+                ref = self.errors(r, x_t.to(r.dtype), t, text.to(r.dtype), target,
                                         **cast_floats(extra, r.dtype))
             ref = ref.clone()  # [R]; an ordinary tensor again, as the loss combines it with the policy's under autograd
         loss, metrics = self.objective.row_loss(policy, ref, batch)

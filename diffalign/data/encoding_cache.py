@@ -50,7 +50,7 @@ def encoders_fingerprint(pretrained: str, revision: str | None, variant: str | N
     root = Path(pretrained)
     # Local weights: size and time of every file the encoders come from (hashing GBs each run is too slow):
     # the VAE and both text encoders of a folder, a single-file checkpoint, a replacement VAE (data_identity).
-    candidates = [root / sub for sub in ("vae", "text_encoder", "text_encoder_2")] + [root]
+    candidates = [root / sub for sub in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3")] + [root]
     if data_identity.get("vae"):
         candidates.append(Path(data_identity["vae"]))
     for place in candidates:
@@ -116,8 +116,8 @@ class EncodingCache:
 class FrozenEncoders:
     """The VAE posterior of images and the text conditioning of captions, through an optional cache.
 
-    ``text``: a text encoder (SD) or a conditioner (models/conditioning.py; SDXL has two encoders and a pooled
-    output). Without a cache every call runs the encoders; with one, only the inputs never seen run (batched),
+    ``text``: a text encoder (SD) or a conditioner (models/conditioning.py, families/: SDXL, SD3 and Flux have
+    several encoders and a pooled output). Without a cache every call runs the encoders; with one, only the inputs never seen run (batched),
     and their outputs are stored. ``calls`` counts the encoder invocations (the warm-cache test reads it).
     """
 
@@ -125,7 +125,8 @@ class FrozenEncoders:
         from ..models.conditioning import SDConditioner
 
         self.vae, self.cache = vae, cache
-        self.conditioner = text if isinstance(text, SDConditioner) or text is None else SDConditioner(text)
+        # a conditioner (models/conditioning.py, families/) or a bare SD text encoder
+        self.conditioner = text if hasattr(text, "text_parts") or text is None else SDConditioner(text)
         self.calls = {"vae": 0, "text_encoder": 0}
 
     def _encode_images(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

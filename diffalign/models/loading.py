@@ -1,5 +1,5 @@
-"""Loading the frozen and trainable parts of a Stable Diffusion 1.x/2.x or SDXL pipeline (hub id or local diffusers
-folder). Which one it is comes from the pipeline's ``model_index.json`` (``_class_name``)."""
+"""Loading the frozen and trainable parts of a Stable Diffusion 1.x/2.x, SDXL, SD3/3.5 or Flux pipeline (hub id or
+local diffusers folder). Which one it is comes from the pipeline's ``model_index.json`` (``_class_name``)."""
 
 from __future__ import annotations
 
@@ -12,28 +12,52 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-SUPPORTED = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
+SUPPORTED = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl",
+             "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}
+FLOW_KINDS = ("sd3", "flux")
+# T5 tokens of a flow model's captions when model.max_sequence_length is null: diffusers' SD3 LoRA script trains
+# with 77, its Flux script (and Flux-dev's pipeline) with 512.
+T5_LENGTH = {"sd3": 77, "flux": 512}
 
 
 @dataclass
 class SDComponents:
+    """A pipeline's parts. ``unet`` is the denoiser: the UNet, or a flow model's transformer (SD3Transformer2DModel,
+    FluxTransformer2DModel)."""
+
     tokenizer: CLIPTokenizer
     text_encoder: CLIPTextModel
     vae: AutoencoderKL
     unet: UNet2DConditionModel
-    noise_scheduler: DDPMScheduler  # the training-time forward process (betas and prediction_type of the model)
-    kind: str = "sd"  # "sd" (1.x/2.x) or "sdxl"
-    tokenizer_2: CLIPTokenizer | None = None  # SDXL's second tokenizer and text encoder (OpenCLIP bigG)
+    # the training-time forward process: DDPMScheduler (betas, prediction_type) or FlowMatchEulerDiscreteScheduler
+    noise_scheduler: DDPMScheduler
+    kind: str = "sd"  # "sd" (1.x/2.x), "sdxl", "sd3" or "flux"
+    # SDXL's second tokenizer and text encoder (OpenCLIP bigG); SD3's CLIP-G; Flux's T5 (a families.flow.LazyEncoder)
+    tokenizer_2: CLIPTokenizer | None = None
     text_encoder_2: CLIPTextModelWithProjection | None = None
+    tokenizer_3: object | None = None  # SD3's T5 tokenizer and encoder (a LazyEncoder; None: the pipeline has none)
+    text_encoder_3: object | None = None
+    max_sequence_length: int = 77  # T5 tokens of a flow model's captions
     # SDXL: the pipeline's own setting (model_index.json), on for SDXL base: with no negative prompt its
     # unconditional half is zeros, not the encoded empty prompt. Unused for SD.
     force_zeros_for_empty_prompt: bool = True
 
     @property
     def tokenizers(self):
-        """What the data tokenises with: one tokenizer, or the list of SDXL's two."""
+        """What the data tokenises with: one tokenizer, the list of SDXL's two, or a flow model's JointTokenizer."""
+        if self.kind in FLOW_KINDS:
+            return joint_tokenizer(self.kind, [self.tokenizer, self.tokenizer_2, self.tokenizer_3],
+                                   self.max_sequence_length)
         return [self.tokenizer, self.tokenizer_2] if self.kind == "sdxl" else self.tokenizer
 
+
+def joint_tokenizer(kind: str, tokenizers: list, max_sequence_length: int):
+    """SD3: CLIP-L (77) + CLIP-G (77) + T5 (when present); Flux: CLIP-L (77) + T5 (models/joint_tokenizer.py)."""
+    from .joint_tokenizer import JointTokenizer
+
+    present = [t for t in tokenizers if t is not None]
+    return JointTokenizer(present, [77] * (len(present) - 1) + [max_sequence_length]
+                          if kind == "flux" or len(present) == 3 else [77] * len(present))
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 SINGLE_FILE_TYPES = {"v1": "sd", "v2": "sd", "xl_base": "sdxl"}  # diffusers' infer_diffusers_model_type names
@@ -70,10 +94,14 @@ def freeze_encoders(parts: SDComponents, device, dtype, replacement_vae: bool = 
     overflows in fp16, so it stays float32 unless a replacement VAE (e.g. the fp16-fix) was loaded.
     ``text_encoders_train``: they are about to be fully fine-tuned, so they keep their float32 weights (a round
     trip through ``dtype`` would round the starting point)."""
+    from ..families.flow import LazyEncoder
+
     vae_dtype = torch.float32 if parts.kind == "sdxl" and not replacement_vae else dtype
     parts.vae.requires_grad_(False).eval().to(device, dtype=vae_dtype)
-    for frozen in (parts.text_encoder, parts.text_encoder_2):
-        if frozen is not None:
+    for frozen in (parts.text_encoder, parts.text_encoder_2, parts.text_encoder_3):
+        if isinstance(frozen, LazyEncoder):  # placed when (if ever) it loads
+            frozen.place(device, dtype)
+        elif frozen is not None:
             frozen.requires_grad_(False).eval().to(device, dtype=torch.float32 if text_encoders_train else dtype)
 
 
@@ -97,7 +125,7 @@ def pipeline_kind(pretrained: str, revision: str | None = None) -> str:
     name = _model_index(pretrained, revision).get("_class_name")
     if name not in SUPPORTED:
         raise ValueError(f"{pretrained}: a {name} pipeline is not supported; diffalign trains "
-                         f"{' and '.join(SUPPORTED)} models")
+                         f"{', '.join(SUPPORTED)} models")
     return SUPPORTED[name]
 
 
@@ -114,10 +142,10 @@ def _model_index(pretrained: str, revision: str | None = None) -> dict:
 
 
 def pipeline_class(kind: str):
-    """The diffusers pipeline class of a kind ("sd" or "sdxl")."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    """The diffusers pipeline class of a kind ("sd", "sdxl", "sd3" or "flux")."""
+    import diffusers
 
-    return StableDiffusionXLPipeline if kind == "sdxl" else StableDiffusionPipeline
+    return getattr(diffusers, {v: k for k, v in SUPPORTED.items()}[kind])
 
 
 # Names that end so are files a user meant, never hub ids (which may hold dots: "stable-diffusion-3.5-large").
@@ -178,21 +206,33 @@ def _check_pipeline_path(pretrained: str, revision: str | None = None) -> None:
     check_pipeline_source(pretrained, revision)
 
 
-def load_tokenizer(pretrained: str, revision: str | None = None):
+def load_tokenizer(pretrained: str, revision: str | None = None, max_sequence_length: int | None = None):
     """The pipeline's tokenizer(s) alone (small): the data can be checked before the weights load. SDXL: a list
-    of its two tokenizers."""
+    of its two tokenizers; SD3/Flux: one JointTokenizer over theirs (T5 cut or padded to ``max_sequence_length``,
+    null = T5_LENGTH of the kind)."""
     _check_pipeline_path(pretrained, revision)
     if is_single_file(pretrained):
         _, pipe = _single_file_pipeline(pretrained, None)
         return [pipe.tokenizer, pipe.tokenizer_2] if hasattr(pipe, "tokenizer_2") else pipe.tokenizer
     first = CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", revision=revision)
-    if pipeline_kind(pretrained, revision) == "sdxl":
+    kind = pipeline_kind(pretrained, revision)
+    if kind == "sdxl":
         return [first, CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer_2", revision=revision)]
+    if kind in FLOW_KINDS:
+        from transformers import T5TokenizerFast
+
+        index = _model_index(pretrained, revision)
+        names = ("tokenizer_2", "tokenizer_3") if kind == "sd3" else ("tokenizer_2",)
+        rest = [None if (index.get(name) or [None])[0] is None else
+                (T5TokenizerFast if name == "tokenizer_3" or kind == "flux" else CLIPTokenizer).from_pretrained(
+                    pretrained, subfolder=name, revision=revision) for name in names]
+        return joint_tokenizer(kind, [first] + rest, max_sequence_length or T5_LENGTH[kind])
     return first
 
 
 def load_sd_components(pretrained: str, revision: str | None = None, variant: str | None = None,
-                       tokenizer=None, vae: str | None = None) -> SDComponents:
+                       tokenizer=None, vae: str | None = None, max_sequence_length: int | None = None
+                       ) -> SDComponents:
     """Each component from its subfolder, as diffusers' training scripts do. Safetensors weights are preferred.
 
     ``tokenizer``: what load_tokenizer returned, if already loaded. ``vae``: another VAE (hub id or folder) in
@@ -202,7 +242,9 @@ def load_sd_components(pretrained: str, revision: str | None = None, variant: st
     if is_single_file(pretrained):
         return _components_of_single_file(pretrained, vae)
     common = dict(revision=revision)
-    tokenizers = tokenizer or load_tokenizer(pretrained, revision)
+    tokenizers = tokenizer or load_tokenizer(pretrained, revision, max_sequence_length)
+    if pipeline_kind(pretrained, revision) in FLOW_KINDS:
+        return _flow_components(pretrained, revision, variant, tokenizers, vae)
     kind = "sdxl" if isinstance(tokenizers, list) else "sd"
     second = {}
     if kind == "sdxl":
@@ -219,6 +261,42 @@ def load_sd_components(pretrained: str, revision: str | None = None, variant: st
         unet=UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet", variant=variant, **common),
         noise_scheduler=DDPMScheduler.from_pretrained(pretrained, subfolder="scheduler", **common),
     )
+
+
+def _flow_components(pretrained: str, revision, variant, joint, vae: str | None) -> SDComponents:
+    """SD3 / Flux parts, each from its subfolder as diffusers' SD3/Flux training scripts load them; the T5 encoder
+    is a LazyEncoder, loaded only when a caption is encoded (never, with the encoding cache warm)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel, SD3Transformer2DModel
+    from transformers import T5EncoderModel
+
+    from ..families.flow import LazyEncoder
+
+    kind = pipeline_kind(pretrained, revision)
+    common = dict(revision=revision, variant=variant)
+
+    def t5(subfolder):
+        return LazyEncoder(lambda: T5EncoderModel.from_pretrained(pretrained, subfolder=subfolder, **common))
+
+    if kind == "sd3":
+        has_t5 = len(joint.tokenizers) == 3
+        texts = dict(text_encoder=CLIPTextModelWithProjection.from_pretrained(pretrained, subfolder="text_encoder",
+                                                                             **common),
+                     text_encoder_2=CLIPTextModelWithProjection.from_pretrained(pretrained,
+                                                                               subfolder="text_encoder_2", **common),
+                     text_encoder_3=t5("text_encoder_3") if has_t5 else None,
+                     tokenizer_2=joint.tokenizers[1], tokenizer_3=joint.tokenizers[2] if has_t5 else None)
+        transformer = SD3Transformer2DModel.from_pretrained(pretrained, subfolder="transformer", **common)
+    else:
+        texts = dict(text_encoder=CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder", **common),
+                     text_encoder_2=t5("text_encoder_2"), tokenizer_2=joint.tokenizers[1])
+        transformer = FluxTransformer2DModel.from_pretrained(pretrained, subfolder="transformer", **common)
+    return SDComponents(
+        kind=kind, tokenizer=joint.tokenizers[0], **texts, max_sequence_length=joint.lengths[-1],
+        vae=AutoencoderKL.from_pretrained(vae) if vae else AutoencoderKL.from_pretrained(
+            pretrained, subfolder="vae", **common),
+        unet=transformer,
+        noise_scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(pretrained, subfolder="scheduler",
+                                                                        revision=revision))
 
 
 def _components_of_single_file(path: str, vae: str | None) -> SDComponents:

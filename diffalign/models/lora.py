@@ -116,12 +116,15 @@ def save_lora(unet, out_dir: str | Path, pipeline_cls=StableDiffusionPipeline, i
               text_lora: TextEncoderLora | None = None) -> Path:
     """Write ``pytorch_lora_weights.safetensors`` with the adapter metadata (rank, alpha, targets); with
     ``text_lora``, the text encoders' adapters too (``text_encoder.*``/``text_encoder_2.*`` keys, which
-    ``load_lora_weights`` loads into the pipeline's text encoders).
+    ``load_lora_weights`` loads into the pipeline's text encoders). ``unet``: the denoiser; a flow pipeline's
+    (SD3, Flux: ``pipeline_cls.transformer_name``) is saved as ``transformer.*`` in PEFT's names, as diffusers'
+    SD3/Flux LoRA scripts save it.
 
     Without the metadata a LoRA whose alpha differs from its rank reloads with the wrong scale.
     """
     peft_layers = get_peft_model_state_dict(unet)
-    layers = convert_state_dict_to_diffusers(peft_layers)
+    denoiser = "transformer" if hasattr(pipeline_cls, "transformer_name") else "unet"
+    layers = peft_layers if denoiser == "transformer" else convert_state_dict_to_diffusers(peft_layers)
     if any(".lora_A." in k or ".lora_B." in k for k in layers):
         # diffusers renames only the attention projections (to_q/k/v/out.0); with other targets (conv1, ff.net.0.proj,
         # proj_in...) the dict would mix two formats, and load_lora_weights picks the format from the first key
@@ -137,7 +140,8 @@ def save_lora(unet, out_dir: str | Path, pipeline_cls=StableDiffusionPipeline, i
                                             .replace(".lora_B.", ".lora_linear_layer.up."): v
                                             for k, v in layers_te.items()}
             extra[f"{name}_lora_adapter_metadata"] = encoder.peft_config["default"].to_dict()
-    pipeline_cls.save_lora_weights(out_dir, unet_lora_layers=layers, is_main_process=is_main_process,
-                                   unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
-                                   safe_serialization=True, **extra)
+    pipeline_cls.save_lora_weights(out_dir, is_main_process=is_main_process, safe_serialization=True,
+                                   **{f"{denoiser}_lora_layers": layers,
+                                      f"{denoiser}_lora_adapter_metadata": unet.peft_config["default"].to_dict()},
+                                   **extra)
     return Path(out_dir) / LORA_FILE

@@ -17,6 +17,7 @@ from accelerate import Accelerator
 
 from ..config import Config
 from ..core.step import TrainStep
+from ..families import family_for
 from ..models.conditioning import conditioner_for
 from ..models.segment_encoding import encoder_pairs
 
@@ -43,10 +44,10 @@ class DenoisingStep(TrainStep):
 
 def denoising_step(cfg: Config, objective, parts, accelerator: Accelerator, trained, weight_dtype):
     cache = open_encoding_cache(cfg, weight_dtype, accelerator.process_index) if cfg.data.cache_encodings else None
-    conditioner = conditioner_for(parts)
-    return DenoisingStep(objective, parts.vae, conditioner, parts.noise_scheduler, trained.reference, accelerator,
+    family = family_for(parts, cfg.train, cfg.model)
+    return DenoisingStep(objective, parts.vae, family, trained.reference, accelerator,
                          cache=cache, user_adapter=trained.user_adapter, timestep_range=cfg.train.timestep_range,
-                         text_source=text_source(cfg, objective, parts, accelerator, trained, conditioner))
+                         text_source=text_source(cfg, objective, parts, accelerator, trained, family.conditioner))
 
 
 def text_source(cfg: Config, objective, parts, accelerator: Accelerator, trained, conditioner):
