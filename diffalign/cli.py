@@ -7,29 +7,49 @@ import json
 import sys
 from pathlib import Path
 
-from .paths import TOY_CLIP, TOY_DATA, TOY_SD, refuse_overwrite
+from .paths import TOY_CLIP, TOY_DATA, TOY_FLOW, TOY_SD, refuse_overwrite
 
 
 def _load_toy_pipeline(path: str):
-    from diffusers import StableDiffusionPipeline
+    """The pipeline of a toy base, of whatever class it saved (the toy SD, or the SD3-shaped toy-flow)."""
+    from diffusers import DiffusionPipeline
 
     if not Path(path).exists():
         raise SystemExit(f"no model at {path}: pass --model PATH (a diffusers folder) or rebuild the toy model "
                          "with `diffalign toy pretrain --out assets/toy-sd`")
-    return StableDiffusionPipeline.from_pretrained(path)
+    return DiffusionPipeline.from_pretrained(path)
 
 
 def _toy_pretrain(args) -> None:
     from .toy.pretrain import PretrainConfig, pretrain
 
-    refuse_overwrite(Path(args.out), args.overwrite)
+    out = args.out or str(TOY_FLOW if args.family == "sd3" else TOY_SD)
+    refuse_overwrite(Path(out), args.overwrite)
+    if args.family == "sd3":
+        from .toy.pretrain_flow import FlowPretrainConfig, pretrain_flow
+
+        if args.zero_terminal_snr or args.frozen_text_encoder or args.vae_steps is not None:
+            raise SystemExit("--zero-terminal-snr, --frozen-text-encoder and --vae-steps are UNet recipe options; "
+                             "--family sd3 reuses the VAE of --vae-from and trains its text encoders")
+        flow = FlowPretrainConfig(seed=args.seed, vae_from=args.vae_from)
+        if args.unet_steps is not None:
+            flow.steps = args.unet_steps
+        pretrain_flow(out, flow)
+        return
     cfg = PretrainConfig(seed=args.seed, zero_terminal_snr=args.zero_terminal_snr,
                          frozen_text_encoder=args.frozen_text_encoder)
     if args.vae_steps is not None:
         cfg.vae_steps = args.vae_steps
     if args.unet_steps is not None:
         cfg.unet_steps = args.unet_steps
-    pretrain(args.out, cfg)
+    pretrain(out, cfg)
+
+
+def _toy_shrink_vocab(args) -> None:
+    from .toy.shrink import shrink_vocabulary
+
+    refuse_overwrite(Path(args.out), False)
+    print(json.dumps(shrink_vocabulary(args.model, args.out), indent=2))
 
 
 def _toy_data(args) -> None:
@@ -179,11 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
     toy = sub.add_parser("toy", help="the toy shapes world: pretrain its base model, build data, measure, demo")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
 
-    p = toy_sub.add_parser("pretrain", help="pretrain the embedded toy Stable Diffusion from scratch (CPU)")
-    p.add_argument("--out", default=str(TOY_SD), help="output folder (diffusers format)")
+    p = toy_sub.add_parser("pretrain", help="pretrain the embedded toy Stable Diffusion (or, --family sd3, the toy "
+                                            "SD3-shaped flow model) from scratch (CPU)")
+    p.add_argument("--family", choices=("sd", "sd3"), default="sd",
+                   help="sd: the UNet base (assets/toy-sd); sd3: an SD3-shaped rectified-flow transformer "
+                        "(assets/toy-flow) on the VAE of --vae-from")
+    p.add_argument("--vae-from", default=str(TOY_SD), help="--family sd3: the toy base whose VAE it reuses")
+    p.add_argument("--out", default=None, help="output folder (diffusers format; default assets/toy-sd or "
+                                               "assets/toy-flow)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vae-steps", type=int, default=None, help="VAE steps (default: the recipe's)")
-    p.add_argument("--unet-steps", type=int, default=None, help="UNet (+ text encoder) steps (default: the recipe's)")
+    p.add_argument("--unet-steps", type=int, default=None,
+                   help="UNet or transformer (+ text encoder) steps (default: the recipe's)")
     p.add_argument("--zero-terminal-snr", action="store_true",
                    help="a zero-terminal-SNR schedule with v-prediction (the noise then carries no image colour)")
     p.add_argument("--frozen-text-encoder", default=None, metavar="CLIP_PATH",
@@ -191,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "assets/toy-clip); default: a text encoder trained from scratch with the UNet")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=_toy_pretrain)
+
+    p = toy_sub.add_parser("shrink-vocab", help="cut a toy model's CLIP vocabulary to the toy world's words "
+                                                "(identical outputs on every toy caption)")
+    p.add_argument("--model", required=True, help="a toy pipeline folder or a toy CLIP folder")
+    p.add_argument("--out", required=True, help="a new folder for the result")
+    p.set_defaults(func=_toy_shrink_vocab)
 
     p = toy_sub.add_parser("data", help="sample pairs from the base model and label them with personas")
     p.add_argument("--model", default=str(TOY_SD))

@@ -11,6 +11,7 @@ ASSETS = REPO_ROOT / "assets"
 TOY_SD = ASSETS / "toy-sd"
 TOY_DATA = ASSETS / "toy-data"
 TOY_CLIP = ASSETS / "toy-clip"
+TOY_FLOW = ASSETS / "toy-flow"  # the embedded SD3-shaped flow base (toy/pretrain_flow.py)
 TOY_CLIP_LONG = ASSETS / "toy-clip-long"  # also trained on many-object scenes, sentence by sentence (LongAlign)
 TOY_CLIP_LONG_ROBUST = ASSETS / "toy-clip-long-robust"  # toy-clip-long fine-tuned on adversarial renders (LongAlign)
 # `diffalign toy pretrain` writes this file (its recipe) into the saved pipeline folder, so a toy base retrained

@@ -29,6 +29,15 @@ def test_preference_methods_beat_the_base_on_their_persona(tmp_path, method):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("config", ["flow_dpo", pytest.param("flow_mapo", marks=pytest.mark.xfail(
+    reason="loses to the flow base on the toy: docs/results.md (Flow models)", strict=True))])
+def test_flow_methods_beat_the_flow_base_on_the_persona(tmp_path, config):
+    """The SD3-shaped toy base (assets/toy-flow): Flow-DPO beats it; MaPO does not yet."""
+    result = _run(tmp_path, config)
+    assert result["cases"] >= 200 and result["win_rate_ci"][0] > 0.5, result["text"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["dpo", "mapo"])
 def test_full_finetuning_beats_the_base_on_the_persona(tmp_path, method):
     """docs/results.md's full fine-tune rows (lr 1e-4, the rest of the toy default; the reference a frozen copy)."""

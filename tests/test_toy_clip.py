@@ -21,16 +21,20 @@ def test_toy_clip_loads_offline_and_its_processor_matches_training():
     assert model.config.projection_dim == 64
 
 
-def test_toy_clip_retrieves_captions_far_above_chance():
-    from diffalign.models.tokenizer import build_clip_tokenizer
+def _tokenizer(folder):
+    """A shipped toy CLIP's own tokenizer (its vocabulary is cut to the toy world's words: toy/shrink.py)."""
+    from transformers import CLIPProcessor
 
-    accuracy = retrieval_accuracy(CLIPModel.from_pretrained(TOY_CLIP).eval(), build_clip_tokenizer(), n=128)
+    return CLIPProcessor.from_pretrained(folder).tokenizer
+
+
+def test_toy_clip_retrieves_captions_far_above_chance():
+    accuracy = retrieval_accuracy(CLIPModel.from_pretrained(TOY_CLIP).eval(), _tokenizer(TOY_CLIP), n=128)
     assert accuracy > 0.5  # chance is about 1/128; the shipped model gets 0.72 at n=256
 
 
 def test_scene_sentences_pair_many_object_scenes_with_one_sentence_and_the_long_clip_reads_long_captions():
     from diffalign.models.segment_encoding import split_segments
-    from diffalign.models.tokenizer import build_clip_tokenizer
     from diffalign.paths import TOY_CLIP_LONG
     from diffalign.toy.clip import long_caption_retrieval
     from diffalign.toy.judge import read_image
@@ -43,18 +47,17 @@ def test_scene_sentences_pair_many_object_scenes_with_one_sentence_and_the_long_
     assert default[0] == clip_batch(np.random.default_rng(1), 6, scene_sentences=0.0)[0]
     # The shipped reward CLIP of --method longalign finds a long caption among 64 far above chance (1/64);
     # the first toy CLIP, trained on short captions only, gets 0.125.
-    tokenizer = build_clip_tokenizer()
-    assert long_caption_retrieval(CLIPModel.from_pretrained(TOY_CLIP_LONG).eval(), tokenizer) > 0.5
+    assert long_caption_retrieval(CLIPModel.from_pretrained(TOY_CLIP_LONG).eval(), _tokenizer(TOY_CLIP_LONG)) > 0.5
 
 
 def test_adversarial_renders_stay_within_eps_and_raise_the_loss():
-    from diffalign.models.tokenizer import MAX_LENGTH, build_clip_tokenizer
+    from diffalign.models.tokenizer import MAX_LENGTH
     from diffalign.toy.clip import adversarial_pixels, contrastive_loss, normalise_float
 
     model = CLIPModel.from_pretrained(TOY_CLIP).eval()
     captions, images = clip_batch(np.random.default_rng(3), 32)
-    text = build_clip_tokenizer()(captions, padding="longest", max_length=MAX_LENGTH, truncation=True,
-                                  return_tensors="pt")
+    text = _tokenizer(TOY_CLIP)(captions, padding="longest", max_length=MAX_LENGTH, truncation=True,
+                                return_tensors="pt")
     clean = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
     eps = 4 / 255
     moved = adversarial_pixels(model, text, clean, eps, torch.Generator().manual_seed(0))

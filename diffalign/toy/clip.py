@@ -134,7 +134,8 @@ def train_toy_clip(out_dir: str | Path, cfg: ToyClipConfig | None = None) -> dic
     cfg = cfg or ToyClipConfig()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    tokenizer = build_clip_tokenizer()
+    # a fine-tune reads its start's own tokenizer (a shipped toy CLIP's vocabulary is cut: toy/shrink.py)
+    tokenizer = CLIPProcessor.from_pretrained(cfg.init).tokenizer if cfg.init else build_clip_tokenizer()
     model = (CLIPModel.from_pretrained(cfg.init) if cfg.init else make_toy_clip()).train()
     generator = torch.Generator().manual_seed(cfg.seed)  # the adversarial start
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -89,7 +89,7 @@ def to_markdown(result: dict) -> str:
     chance = result["chance"]
     lines = [
         f"Held-out `attributes` prompts, {result['cases']} prompt×seed cases "
-        f"({result['settings']['num_inference_steps']} DDIM steps, CFG {result['settings']['guidance_scale']}):",
+        f"({result['settings']['num_inference_steps']} sampling steps, CFG {result['settings']['guidance_scale']}):",
         "",
         "| stated attribute | followed | chance (captions permuted across cases) |",
         "|---|---|---|",

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
-from transformers import CLIPTextModel
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..core.errors import noisy_latents_and_target
 from ..models.tokenizer import build_clip_tokenizer
@@ -122,10 +122,10 @@ def denoising_loss(unet, scheduler, x0, noise, t, states, gamma: float) -> torch
 
 def load_frozen_text_encoder(path: str) -> CLIPTextModel:
     """The text tower of the CLIP at ``path`` (safetensors), frozen. Its shape must be the toy's (width 64, 77
-    positions), so the UNet's cross-attention fits it."""
+    positions), so the UNet's cross-attention fits it; its vocabulary is its tokenizer's (frozen_tokenizer)."""
     encoder = CLIPTextModel.from_pretrained(path, use_safetensors=True, dtype=torch.float32)  # as the UNet trains
     expected = text_encoder_config()  # the config alone: building a model would draw from the RNG
-    for key in ("hidden_size", "max_position_embeddings", "vocab_size"):
+    for key in ("hidden_size", "max_position_embeddings"):
         if getattr(encoder.config, key) != getattr(expected, key):
             raise ValueError(f"{path}: text encoder {key} is {getattr(encoder.config, key)}, the toy UNet needs "
                              f"{getattr(expected, key)}")
@@ -174,9 +174,10 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig | None = None) -> StableDi
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     start = time.time()
-    tokenizer = build_clip_tokenizer()
-    # Loaded (and its shape checked) before the VAE's minutes, not after; loading draws nothing from the RNGs.
+    # Loaded (and its shape checked) before the VAE's minutes, not after; loading draws nothing from the RNGs. A
+    # frozen CLIP comes with its own tokenizer (the shipped toy CLIPs' vocabularies are cut: toy/shrink.py).
     frozen = load_frozen_text_encoder(cfg.frozen_text_encoder) if cfg.frozen_text_encoder else None
+    tokenizer = CLIPTokenizer.from_pretrained(cfg.frozen_text_encoder) if frozen is not None else build_clip_tokenizer()
     vae = train_vae(cfg, rng)
     unet, text_encoder, scheduler = train_unet(cfg, rng, vae, tokenizer, frozen_text_encoder=frozen)
     pipe = StableDiffusionPipeline(

@@ -30,3 +30,15 @@ def captioned_renders(
 def to_model_range(images: np.ndarray) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> float32 [N, 3, H, W] in [-1, 1], the range the VAE expects."""
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def caption_corpus(n: int = 20000, seed: int = 0) -> list[str]:
+    """Captions in every phrasing the world writes (short and long styles, one to four objects) plus every prompt
+    set's captions: what the toy models' small tokenizers are built from (models/small_tokenizers.py)."""
+    from .prompts import prompt_set
+
+    rng = np.random.default_rng(seed)
+    captions = [write(sample_spec(rng, n_objects=int(rng.integers(1, 5))), "long" if rng.random() < 0.5 else "short",
+                      rng) for _ in range(n)]
+    return captions + [p for name in ("persona", "attributes", "long") for split in ("train", "heldout")
+                       for p in prompt_set(name, split)]
