@@ -234,3 +234,14 @@ def test_diffalign_cache_fills_what_flow_training_then_reads(tiny_flow, tmp_path
     summary = train(_cfg(tiny_flow["sd3"], tmp_path / "run", "dpo", extra))
     assert summary["encoding_cache"]["encoder_calls"] == {"vae": 0, "text_encoder": 0}
     assert not step_spy["step"].family.conditioner.t5.loaded
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_bf16_keeps_the_frozen_transformer_in_bf16_and_the_lora_in_float32(tiny_flow, tmp_path, step_spy, kind):
+    summary = train(_cfg(tiny_flow[kind], tmp_path, "dpo", [("train.mixed_precision", "bf16"),
+                                                             ("train.gradient_checkpointing", "true")]))
+    assert abs(summary["first_metrics"]["loss"] - math.log(2)) < 1e-6 and math.isfinite(summary["final_metrics"]["loss"])
+    dtypes = {n: p.dtype for n, p in step_spy["unet"].named_parameters()}
+    assert all(d == torch.float32 for n, d in dtypes.items() if "lora_" in n)
+    assert all(d == torch.bfloat16 for n, d in dtypes.items() if "lora_" not in n)
+    assert step_spy["unet"].is_gradient_checkpointing
