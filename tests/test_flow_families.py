@@ -245,3 +245,17 @@ def test_bf16_keeps_the_frozen_transformer_in_bf16_and_the_lora_in_float32(tiny_
     assert all(d == torch.float32 for n, d in dtypes.items() if "lora_" in n)
     assert all(d == torch.bfloat16 for n, d in dtypes.items() if "lora_" not in n)
     assert step_spy["unet"].is_gradient_checkpointing
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_a_micro_batch_left_without_rows_runs_the_transformer_on_a_dummy_row(tiny_flow, tmp_path, step_spy, kind):
+    """A micro-batch whose samples were all skipped must still run the transformer (DDP's collectives on the other
+    ranks pair with this rank's): a zero loss whose backward gives every LoRA weight a (zero) gradient."""
+    train(_cfg(tiny_flow[kind], tmp_path, "dpo", [("train.max_steps", "1")]))
+    step, transformer = step_spy["step"], step_spy["unet"]
+    transformer.zero_grad(set_to_none=True)
+    loss, metrics = step(transformer, {"rows": 0})
+    loss.backward()
+    lora = [p for n, p in transformer.named_parameters() if "lora_" in n]
+    assert loss.item() == 0.0 and metrics == {}
+    assert lora and all(p.grad is not None and not p.grad.any() for p in lora)
