@@ -434,7 +434,6 @@ def test_the_step_conditions_each_pairs_rows_on_its_own_user_and_the_reference_o
     from diffalign.data.user_pairs import UserPreferencePairs, collate_user_pairs
     from diffalign.families.unet import UnetFamily
     from diffalign.models.conditioning import SDConditioner
-    from diffalign.models.tokenizer import build_clip_tokenizer
     from diffalign.objectives import get_objective
 
     pipe = StableDiffusionPipeline.from_pretrained(TOY_SD)
