@@ -104,6 +104,9 @@ class TrainConfig:
     text_encoder_lr: float | None = None
     channels_last: bool = False  # UNet weights/activations in channels-last memory format (often faster on GPU)
     compile: bool = False  # torch.compile the policy UNet (accelerate's dynamo, inductor backend)
+    # train.optimizer adamw as torch's fused kernel (one kernel for every parameter; CUDA and CPU): the same update
+    # up to float rounding. Off by default so that the measured toy results reproduce bit for bit.
+    fused_adamw: bool = False
     seed: int = 0
     checkpoint_every: int = 0  # optimizer steps between accelerate checkpoints (0 = none)
     checkpoints_total_limit: int = 3  # keep only the newest N complete checkpoints (0 = keep all)
@@ -365,6 +368,8 @@ def validate(cfg: Config, given: dict | None = None, overridden: set[str] = froz
         raise ConfigError(f"train.timestep_sampling: expected logit_normal, mode or uniform; got {t.timestep_sampling!r}")
     if t.optimizer not in ("adamw", "adamw_8bit", "adafactor"):
         raise ConfigError(f"train.optimizer: expected adamw, adamw_8bit or adafactor; got {t.optimizer!r}")
+    if t.fused_adamw and t.optimizer != "adamw":
+        raise ConfigError(f"train.fused_adamw applies to train.optimizer adamw only; got {t.optimizer!r}")
     if t.ema_reference_decay is not None:
         if cfg.lora.enabled or not objective.needs_reference or objective.trains != "unet":
             raise ConfigError("train.ema_reference_decay needs full fine-tuning (lora.enabled: false) and a method "

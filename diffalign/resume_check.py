@@ -15,8 +15,8 @@ from .config import ConfigError
 # the same values, the end-of-run comparison.
 FREE = {"output_dir", "overwrite", "train.checkpoint_every", "train.checkpoints_total_limit", "train.log_every",
         "train.validation_every", "train.report_to", "train.max_nonfinite_updates", "train.gradient_checkpointing",
-        "train.channels_last", "train.compile", "data.num_workers", "data.cache_encodings", "data.cache_dir",
-        "data.on_bad_sample"}
+        "train.channels_last", "train.compile", "train.fused_adamw", "data.num_workers", "data.cache_encodings",
+        "data.cache_dir", "data.on_bad_sample"}
 FREE_PREFIXES = ("eval.",)
 FREE.add("objective.comparison_user_scale")  # PPD: only the end-of-run comparison samples with it
 # Another model or another set of trained weights: a checkpoint of it cannot be continued, accepted or not.

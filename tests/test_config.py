@@ -80,10 +80,22 @@ def test_impossible_objective_options_are_rejected():
     ([("method", "kto"), ("data.drop_ties", "false")], "data.drop_ties is set but method kto does not use it: it "
                                                        r"applies only to image-pair methods \(dpo, inpo, mapo, ppd\)"),
     ([("train.checkpoints_total_limit", "-1")], r"train.checkpoints_total_limit: expected an integer >= 0"),
+    ([("train.optimizer", "adafactor"), ("train.fused_adamw", "true")],
+     "train.fused_adamw applies to train.optimizer adamw only; got 'adafactor'"),
 ])
 def test_settings_the_method_or_mode_would_ignore_are_rejected(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=overrides)
+
+
+def test_fused_adamw_builds_torchs_fused_kernel_and_the_default_does_not():
+    import torch
+
+    from diffalign.training.optim import make_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    assert make_optimizer(load_config(overrides=[("train.fused_adamw", "true")]), params).defaults["fused"] is True
+    assert not make_optimizer(load_config(), params).defaults["fused"]
 
 
 def test_a_shipped_config_switched_to_another_mode_on_the_command_line_only_warns(tmp_path):

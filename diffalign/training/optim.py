@@ -9,7 +9,7 @@ from ..config import Config, ConfigError
 
 
 def make_optimizer(cfg: Config, params: list, text_params: list = ()) -> torch.optim.Optimizer:
-    """train.optimizer: ``adamw``; ``adamw_8bit`` (bitsandbytes); ``adafactor`` (transformers', with a fixed lr:
+    """train.optimizer: ``adamw`` (torch's fused kernel with train.fused_adamw); ``adamw_8bit`` (bitsandbytes); ``adafactor`` (transformers', with a fixed lr:
     no relative step or parameter scaling, as Diffusion-DPO's SDXL training uses it).
 
     ``text_params`` (a trained text encoder's, also in ``params``) get their own group at train.text_encoder_lr
@@ -24,7 +24,7 @@ def make_optimizer(cfg: Config, params: list, text_params: list = ()) -> torch.o
 
         return Adafactor(params, lr=t.lr, weight_decay=t.weight_decay, scale_parameter=False, relative_step=False,
                          warmup_init=False)
-    optimizer_cls = torch.optim.AdamW
+    optimizer_cls, fused = torch.optim.AdamW, {"fused": True} if t.fused_adamw else {}
     if t.optimizer == "adamw_8bit":
         try:
             import bitsandbytes as bnb
@@ -32,7 +32,7 @@ def make_optimizer(cfg: Config, params: list, text_params: list = ()) -> torch.o
             raise ConfigError("train.optimizer adamw_8bit needs bitsandbytes: pip install bitsandbytes") from err
         optimizer_cls = bnb.optim.AdamW8bit
     return optimizer_cls(params, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.weight_decay,
-                         eps=t.adam_eps)
+                         eps=t.adam_eps, **fused)
 
 
 def make_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, num_processes: int):
