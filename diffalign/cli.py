@@ -66,7 +66,7 @@ def _toy_data(args) -> None:
 def _data_feedback(args) -> None:
     from .data.convert import pairs_to_feedback
 
-    print(json.dumps(pairs_to_feedback(args.source, args.split, args.out), indent=2))
+    print(json.dumps(pairs_to_feedback(args.source, args.split, args.out, per_image=args.per_image), indent=2))
 
 
 def _toy_clip(args) -> None:
@@ -124,7 +124,8 @@ def _eval(args) -> None:
         prompt_column=args.prompt_column, split=args.split, limit=args.limit,
         settings=SamplingSettings(num_inference_steps=args.steps, guidance_scale=args.guidance, height=args.height,
                                   width=args.width, dtype=dtype, text_encoding=args.text_encoding,
-                                  max_text_length=args.max_text_length, guidance_rescale=args.guidance_rescale),
+                                  max_text_length=args.max_text_length, segmenter=args.segmenter,
+                                  guidance_rescale=args.guidance_rescale),
         scorer_options=parse_scorer_options(args.scorer_option), device=device, batch_size=args.batch_size,
         cache=not args.no_cache)
     print(report.to_markdown())
@@ -184,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clip: the pipeline's own (77 tokens); segments: LongAlign segment encoding (SD and SDXL)")
     p.add_argument("--max-text-length", type=_checked("count"), default=240,
                    help="segment encoding: rows of text states")
+    p.add_argument("--segmenter", default="diffalign", choices=["diffalign", "authors"],
+                   help="segment encoding: how prompts are cut into sentences and padded (authors: LongAlign's code)")
     p.add_argument("--out", default="outputs/eval", help="report folder; images are cached under OUT/images")
     p.add_argument("--no-cache", action="store_true", help="resample every image instead of reusing cached ones")
     p.set_defaults(func=_eval)
@@ -194,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, help="hub dataset id, parquet file or folder of pairs")
     p.add_argument("--split", default="train")
     p.add_argument("--out", required=True, help="new folder for the parquet shards")
+    p.add_argument("--per-image", action="store_true",
+                   help="one row per unique image (image_0_uid/image_1_uid), desirable if it won at least once, as "
+                        "the Diffusion-KTO authors label Pick-a-Pic (default: one row per image of each pair)")
     p.set_defaults(func=_data_feedback)
 
     toy = sub.add_parser("toy", help="the toy shapes world: pretrain its base model, build data, measure, demo")

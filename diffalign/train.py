@@ -381,7 +381,7 @@ def finish(cfg: Config, summary: dict, out: Path) -> None:
 
 
 def _validate(cfg: Config, parts, unet, out: Path, step: int) -> None:
-    from diffalign.objectives.longalign import segment_length_for_sampling
+    from diffalign.objectives.longalign import segment_length_for_sampling, segmenter_for_sampling
     from diffalign.validation import validation_grid
 
     prompts = cfg.eval.validation_prompts
@@ -393,6 +393,7 @@ def _validate(cfg: Config, parts, unet, out: Path, step: int) -> None:
         validation_grid(parts, unet, prompts, out / "validation" / f"step_{step:06d}.png", cfg.model.pretrained,
                         num_inference_steps=cfg.eval.num_inference_steps, guidance_scale=cfg.eval.guidance_scale,
                         max_text_length=segment_length_for_sampling(cfg.method, cfg.objective),  # as it trained
+                        segmenter=segmenter_for_sampling(cfg.method, cfg.objective),
                         guidance_rescale=cfg.eval.guidance_rescale)
 
 

@@ -40,7 +40,8 @@ def sampling_pipeline(parts, unet, scheduler):
 @torch.no_grad()
 def validation_grid(parts, unet, prompts: list[str], out_path: Path, pretrained: str, seeds=(0, 1, 2, 3),
                     num_inference_steps: int = 25, guidance_scale: float = 5.0,
-                    max_text_length: int | None = None, guidance_rescale: float = 0.0) -> Path:
+                    max_text_length: int | None = None, guidance_rescale: float = 0.0,
+                    segmenter: str = "diffalign") -> Path:
     """One row per prompt, one column per seed, from the in-training UNet (adapters on). ``max_text_length``:
     encode the prompts by segments (LongAlign trained with ``text_encoding: segments``), else the 77-token window."""
     from .models.loading import FLOW_KINDS
@@ -54,7 +55,7 @@ def validation_grid(parts, unet, prompts: list[str], out_path: Path, pretrained:
     if max_text_length is not None:
         from .pipelines.long_prompt import as_long_prompt_pipeline
 
-        pipe = as_long_prompt_pipeline(pipe, max_text_length)
+        pipe = as_long_prompt_pipeline(pipe, max_text_length, segmenter)
     was_training = unet.training
     unet.eval()
     device_type = next(unet.parameters()).device.type

@@ -120,6 +120,31 @@ def test_pairs_convert_to_feedback_without_ties(tmp_path, tokenizer):
     assert main(["data", "feedback", "--source", src, "--out", str(tmp_path / "fb")]) == 2  # not empty: refused
 
 
+def test_per_image_feedback_labels_each_unique_image_once_as_the_kto_authors(tmp_path, tokenizer):
+    from diffalign.cli import main
+    from datasets import load_dataset
+
+    # uids: A beats B; B beats C; A vs C is a tie; D only in a tie with A -> A won (1), B won and lost (1, as the
+    # authors' gt_label_wi_l), C only lost (0), D tie-only (left out)
+    pairs = [("A", "B", 1.0, 10), ("C", "B", 0.0, 20), ("A", "C", 0.5, 30), ("D", "A", 0.5, 40)]
+    rows = [{"caption": f"c{i}", "jpg_0": _image(v), "jpg_1": _image(v + 100), "label_0": lab, "image_0_uid": a,
+             "image_1_uid": b} for i, (a, b, lab, v) in enumerate(pairs)]
+    src = _write(tmp_path, rows, "pairs.parquet")
+    assert main(["data", "feedback", "--source", src, "--out", str(tmp_path / "fb"), "--per-image"]) == 0
+    table = load_dataset("parquet", data_dir=str(tmp_path / "fb"), split="train")
+    got = {r["image_uid"]: (r["label"], r["wins"], r["losses"], r["caption"], r["image"]) for r in table}
+    assert {uid: g[:4] for uid, g in got.items()} == {"A": (1, 1, 0, "c0"), "B": (1, 1, 1, "c0"),
+                                                      "C": (0, 0, 1, "c1")}
+    assert got["B"][4] == rows[0]["jpg_1"] and got["C"][4] == rows[1]["jpg_0"]  # bytes of the first pair it was in
+    ds = FeedbackImages(DataConfig(source=str(tmp_path / "fb"), resolution=32), tokenizer)
+    assert sorted(ds.labels.tolist()) == [0, 1, 1]
+    no_uids = _write(tmp_path, [{k: v for k, v in r.items() if "uid" not in k} for r in rows], "nouid.parquet")
+    with pytest.raises(ValueError, match=r"--per-image needs each image's uid\): missing column\(s\) "
+                                         r"\['image_0_uid', 'image_1_uid'\]"):
+        from diffalign.data.convert import pairs_to_feedback
+        pairs_to_feedback(no_uids, "train", tmp_path / "fb2", per_image=True)
+
+
 def test_the_shipped_toy_feedback_is_the_shared_conversion_of_the_shipped_pairs():
     from datasets import load_dataset
 

@@ -263,7 +263,7 @@ def test_longalign_trains_a_lora_that_diffusers_loads(tmp_path, monkeypatch):
     wrapped = []
     real = long_prompt.as_long_prompt_pipeline
     monkeypatch.setattr(long_prompt, "as_long_prompt_pipeline",
-                        lambda pipe, n: wrapped.append(n) or real(pipe, n))  # called through, recorded
+                        lambda pipe, n, segmenter="diffalign": wrapped.append(n) or real(pipe, n, segmenter))
 
     from diffalign.train import build_config, parse_args, train
 

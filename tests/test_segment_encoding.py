@@ -1,5 +1,8 @@
 """LongAlign segment encoding: token bookkeeping on the toy SD's CLIP text encoder."""
 
+import hashlib
+import json
+
 import pytest
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer
@@ -64,3 +67,45 @@ def test_start_tokens_first_keeps_only_the_first_segments_start(clip):
     _, _, every = encode_segments(prompt, [clip])
     _, _, first = encode_segments(prompt, [clip], start_tokens="first")
     assert every.segments == 3 and first.tokens == every.tokens - 2
+
+
+def test_the_authors_segmenter_splits_at_periods_and_question_marks_and_ends_each_piece_with_a_period():
+    # LongAlign's tools.py, as it runs: its pattern carries quotes, so "!" and ";" do not split; marks are dropped
+    # and every non-empty piece, whitespace-only ones included, gets a "."; nothing left -> the prompt itself
+    assert split_segments("A cat. A dog", "authors") == ["A cat.", " A dog."]
+    assert split_segments("Wow! Great; fine? yes.", "authors") == ["Wow! Great; fine.", " yes."]
+    assert split_segments("Hello... world", "authors") == ["Hello.", " world."]
+    assert split_segments("A cat. ", "authors") == ["A cat.", " ."]
+    assert split_segments("...", "authors") == ["..."] and split_segments("", "authors") == [""]
+    assert split_segments("Hello... world") == ["Hello.", ".", ".", "world"]  # diffalign's, for contrast
+
+
+def test_the_authors_filler_is_the_mean_of_the_empty_prompts_last_sixty_states(clip):
+    tokenizer, encoder = clip
+    ids = tokenizer("", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        states = encoder(ids)[0][0]  # [77, D]
+    torch.testing.assert_close(filler_vector(tokenizer, encoder, segmenter="authors"), states[17:].mean(dim=0))
+    torch.testing.assert_close(filler_vector(tokenizer, encoder), states[2:].mean(dim=0))
+    assert not torch.allclose(states[17:].mean(dim=0), states[2:].mean(dim=0))
+    prompt = "a red circle; a blue square"  # one segment under the authors' rule, two under diffalign's
+    authors, _, info = encode_segments(prompt, [clip], max_length=40, segmenter="authors")
+    assert info.segments == 1
+    torch.testing.assert_close(authors[info.tokens:], states[17:].mean(dim=0).expand(40 - info.tokens, -1))
+    assert encode_segments(prompt, [clip], max_length=40)[2].segments == 2
+
+
+def test_the_segmenter_is_an_objective_option_and_a_sampling_setting():
+    from diffalign.evaluation.generation import SamplingSettings
+    from diffalign.objectives import get_objective
+
+    assert get_objective("longalign", segmenter="authors").segmenter == "authors"
+    with pytest.raises(ValueError, match="segmenter: expected one of"):
+        get_objective("sft", text_encoding="segments", segmenter="nltk")
+    with pytest.raises(ValueError, match="segmenter: expected one of"):
+        SamplingSettings(text_encoding="segments", segmenter="nltk")
+    plain = SamplingSettings(text_encoding="segments")
+    assert plain.key() != SamplingSettings(text_encoding="segments", segmenter="authors").key()
+    # the default keeps the image-cache key it had before the option existed (no segmenter, no guidance_rescale)
+    fields = {k: v for k, v in plain.__dict__.items() if k not in ("segmenter", "guidance_rescale")}
+    assert plain.key() == hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]

@@ -52,7 +52,8 @@ class RewardStep:
     def _encode(self, captions: list[str], input_ids: torch.Tensor | None):
         """-> (states [B, L, D], pooled [B, P] or None). L = 77 (truncate) or max_text_length (segments)."""
         if self.objective.text_encoding == "segments":
-            return encode_prompts(captions, encoder_pairs(self.parts), self.objective.max_text_length)
+            return encode_prompts(captions, encoder_pairs(self.parts), self.objective.max_text_length,
+                                  segmenter=self.objective.segmenter)
         if input_ids is None:
             from ..data.examples import token_ids
 

@@ -39,11 +39,13 @@ class SegmentText(FrozenText):
     """The batch's ``captions`` cut into sentences, each encoded in its own 77-token window, cut or padded to
     ``max_length`` rows (models/segment_encoding.py); frozen, uncached encoders."""
 
-    def __init__(self, segment_encoders: list[tuple], max_length: int, device):
+    def __init__(self, segment_encoders: list[tuple], max_length: int, device, segmenter: str = "diffalign"):
         self.segment_encoders, self.max_length, self.device = segment_encoders, max_length, device
+        self.segmenter = segmenter
 
     def encode(self, batch: dict, reference: bool = False) -> tuple[torch.Tensor, ...]:
-        states, pooled = encode_prompts(batch["captions"], self.segment_encoders, self.max_length)
+        states, pooled = encode_prompts(batch["captions"], self.segment_encoders, self.max_length,
+                                        segmenter=self.segmenter)
         return (states.to(self.device),) if pooled is None else (states.to(self.device), pooled.to(self.device))
 
 

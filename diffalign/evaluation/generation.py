@@ -20,6 +20,7 @@ from PIL import Image
 
 from .models import ModelSpec, load_pipeline
 from ..ranges import check_ranges, count, fraction, guidance, image_side
+from ..models.segment_encoding import SEGMENTERS
 from .sampling import generate
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class SamplingSettings:
     dtype: str = "float32"
     text_encoding: str = "clip"  # "clip": the pipeline's own (77 tokens, the rest cut); "segments": LongAlign's
     max_text_length: int = 240  # segment encoding: rows of text states (start + content tokens, then filler)
+    segmenter: str = "diffalign"  # segment encoding: "diffalign" or "authors" (models/segment_encoding.py)
     # diffusers' guidance_rescale φ (Lin et al., 2024, eq. 15-16): pulls the guided prediction's std back toward the
     # conditional one; 0.7 is the paper's value for zero-terminal-SNR / v-prediction models, 0 is plain CFG.
     guidance_rescale: float = 0.0
@@ -43,6 +45,8 @@ class SamplingSettings:
                      guidance_scale=(guidance, self.guidance_scale), guidance_rescale=(fraction, self.guidance_rescale),
                      height=(image_side, self.height), width=(image_side, self.width),
                      max_text_length=(count, self.max_text_length))
+        if self.segmenter not in SEGMENTERS:
+            raise ValueError(f"segmenter: expected one of {SEGMENTERS}; got {self.segmenter!r}")
 
     def key(self) -> str:
         fields = asdict(self)
@@ -50,6 +54,8 @@ class SamplingSettings:
         # runs no CFG and the rescale changes nothing, so it shares plain CFG's images.
         if not fields["guidance_rescale"] or self.guidance_scale <= 1:
             del fields["guidance_rescale"]
+        if fields["segmenter"] == "diffalign":  # the key it had before the option
+            del fields["segmenter"]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -86,7 +92,7 @@ def images_for(spec: ModelSpec, prompts: list[str], seeds: list[int], settings: 
         if settings.text_encoding == "segments":
             from ..pipelines.long_prompt import as_long_prompt_pipeline
 
-            pipe = as_long_prompt_pipeline(pipe, settings.max_text_length)
+            pipe = as_long_prompt_pipeline(pipe, settings.max_text_length, settings.segmenter)
         fresh = generate(pipe, [prompts[i] for i in missing], [seeds[i] for i in missing],
                          settings.num_inference_steps, settings.guidance_scale, batch_size=batch_size,
                          progress=progress, guidance_rescale=settings.guidance_rescale, **size)

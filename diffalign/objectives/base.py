@@ -59,6 +59,7 @@ class Objective:
     step_kind: str = "denoising"  # "denoising": row_loss on per-sample errors; "reward": sample, score, reward_loss
     text_encoding: str = "truncate"  # "truncate": CLIP's 77 tokens; "segments": sentence by sentence (LongAlign)
     max_text_length: int = 77  # rows of text states under segment encoding
+    segmenter: str = "diffalign"  # how segment encoding cuts and pads captions (objectives/segments.py)
     examples_per_user: int | None = None  # PPD: a pair's user is embedded from this many of the user's other pairs
     reversed_users: float = 0.0  # PPD: share of pairs shown as their user's reversed twin (data/user_pairs.py)
     noising: str = "forward"  # "forward": x_t = add_noise(x0, eps, t); "ddim_inversion": InPO's inverted x_t

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..core.inversion import SEMANTICS
 from .base import register
 from .dpo import DiffusionDPO, DPOOptions
 
@@ -29,9 +30,15 @@ class InPOOptions(DPOOptions):
     # "policy" (the paper and its code) or "reference" (the frozen start: the inverted latents then no longer move
     # with the policy being trained)
     inversion_model: str = "policy"
+    # Which grid steps run and which level the UNet is told (core/inversion.py): "diffalign" (destination levels
+    # below t; the first step from x0 exactly) or "authors" (the InPO authors' script under the diffusers it pins:
+    # source levels below t, the UNet told -99 first, x_inv at the grid level at or above t)
+    inversion: str = "diffalign"
 
     def check(self) -> None:
         super().check()
+        if self.inversion not in SEMANTICS:
+            raise ValueError(f"inversion must be one of {', '.join(SEMANTICS)}; got {self.inversion!r}")
         if self.inversion_model not in ("policy", "reference"):
             raise ValueError(f"inversion_model must be 'policy' or 'reference'; got {self.inversion_model!r}")
         if self.inversion_steps < 1:
@@ -51,4 +58,5 @@ class DDIMInPO(DiffusionDPO):
         super().__init__(**options)
         o = self.options
         self.inversion_model = o.inversion_model
-        self.inversion_options = {"steps": int(o.inversion_steps), "eta": float(o.inversion_eta)}
+        self.inversion_options = {"steps": int(o.inversion_steps), "eta": float(o.inversion_eta),
+                                  "semantics": o.inversion}

@@ -33,6 +33,13 @@ def segment_length_for_sampling(method: str, objective_options: dict) -> int | N
     return objective.max_text_length if objective.text_encoding == "segments" else None
 
 
+def segmenter_for_sampling(method: str, objective_options: dict) -> str:
+    """The segmenter a run trained with (objectives/segments.py), for sampling its images the same way."""
+    from .base import get_objective
+
+    return get_objective(method, **objective_options).segmenter
+
+
 @dataclass
 class LongAlignOptions(TextEncodingOptions):
     reward_backbone: str = "pickscore"  # Denscore's CLIP-style scorer: pickscore | clipscore | hps
@@ -71,7 +78,7 @@ class LongAlign(EncodesText, Objective):
 
     def reward_options(self) -> dict:
         o = self.options
-        options = {"backbone": o.reward_backbone, "omega": float(o.omega)}
+        options = {"backbone": o.reward_backbone, "omega": float(o.omega), "segmenter": o.segmenter}
         if o.reward_model:  # HPS names its weight file "checkpoint"; the CLIP scorers "model"
             options["checkpoint" if o.reward_backbone == "hps" else "model"] = o.reward_model
         return options

@@ -12,6 +12,7 @@ class SegmentPrompts:
     """What both long-prompt pipelines share: ``max_text_length`` for one call, and segment-encoded prompts."""
 
     max_text_length: int = DEFAULT_MAX_LENGTH
+    segmenter: str = "diffalign"  # how prompts are cut and padded (models/segment_encoding.py)
 
     def __call__(self, *args, max_text_length: int | None = None, **kwargs):
         """The pipeline's call; ``max_text_length``: rows of text states for this call (default: the attribute)."""
@@ -26,7 +27,7 @@ class SegmentPrompts:
     def _segments(self, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor | None]:
         """-> states [N, max_text_length, D] (SDXL: both encoders' features) and pooled [N, P] (SDXL) or None."""
         encoders = encoder_pairs(self)
-        states, pooled = encode_prompts(prompts, encoders, self.max_text_length)
+        states, pooled = encode_prompts(prompts, encoders, self.max_text_length, segmenter=self.segmenter)
         dtype = encoders[-1][1].dtype
         return states.to(device, dtype), None if pooled is None else pooled.to(device, dtype)
 

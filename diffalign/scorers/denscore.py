@@ -19,7 +19,7 @@ from collections import OrderedDict
 
 import torch
 
-from ..models.segment_encoding import split_segments
+from ..models.segment_encoding import SEGMENTERS, split_segments
 from .base import batched, create_scorer, register, to_pil
 
 BACKBONES = ("pickscore", "clipscore", "hps")
@@ -28,12 +28,15 @@ BACKBONES = ("pickscore", "clipscore", "hps")
 @register("denscore")
 class Denscore:
     def __init__(self, backbone: str = "pickscore", omega: float = 0.3, max_cached_captions: int = 8192,
-                 **backbone_options):
+                 segmenter: str = "diffalign", **backbone_options):
         if backbone not in BACKBONES:
             raise ValueError(f"denscore backbone: expected one of {BACKBONES}; got {backbone!r}")
         scorer = create_scorer(backbone, **backbone_options)
         self.similarity = getattr(scorer, "clip", scorer)  # clipscore wraps its CLIP model; the others are one
         self.omega = float(omega)
+        if segmenter not in SEGMENTERS:
+            raise ValueError(f"denscore segmenter: expected one of {SEGMENTERS}; got {segmenter!r}")
+        self.segmenter = segmenter  # how captions are cut into sentences (models/segment_encoding.py)
         # Least recently used captions are evicted past ``max_cached_captions`` (8192 x D=1024 float32: 32 MB on
         # the scorer's device), so a run over Pick-a-Pic's ~58k prompts does not grow without bound.
         self._caption_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -53,7 +56,7 @@ class Denscore:
                 self._caption_cache.move_to_end(prompt)
                 vectors[prompt] = self._caption_cache[prompt]
                 continue
-            sentences = split_segments(prompt)
+            sentences = split_segments(prompt, self.segmenter)
             e = torch.nn.functional.normalize(self.similarity.embed_texts(sentences).float(), dim=-1)
             vectors[prompt] = self._caption_cache[prompt] = e.mean(dim=0)
             while len(self._caption_cache) > self.max_cached_captions:

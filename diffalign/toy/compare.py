@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from ..evaluation import SamplingSettings, evaluate
-from ..objectives.longalign import segment_length_for_sampling
+from ..objectives.longalign import segment_length_for_sampling, segmenter_for_sampling
 from . import plugin  # noqa: F401  (registers the scorer "toy" and the prompt source "toy:<set>")
 
 
@@ -22,7 +22,8 @@ def comparison_settings(cfg) -> SamplingSettings:
     encoding, so the comparison measures the LoRA and nothing else."""
     e = cfg.eval
     segment_length = segment_length_for_sampling(cfg.method, cfg.objective)
-    segments = {} if segment_length is None else {"text_encoding": "segments", "max_text_length": segment_length}
+    segments = {} if segment_length is None else {"text_encoding": "segments", "max_text_length": segment_length,
+                                                  "segmenter": segmenter_for_sampling(cfg.method, cfg.objective)}
     return SamplingSettings(num_inference_steps=e.num_inference_steps, guidance_scale=e.guidance_scale,
                             guidance_rescale=e.guidance_rescale, **segments)
 

@@ -68,7 +68,7 @@ def text_source(cfg: Config, objective, parts, accelerator: Accelerator, trained
             source.anchor_empty_prompt(token_ids(parts.tokenizers, ""), cfg.train.empty_prompt_anchor)
         return source
     if objective.text_encoding == "segments":
-        return SegmentText(encoder_pairs(parts), objective.max_text_length, accelerator.device)
+        return SegmentText(encoder_pairs(parts), objective.max_text_length, accelerator.device, objective.segmenter)
     return None
 
 
