@@ -8,8 +8,9 @@ of a pair share t. Defaults (paper): β 2000 (SD1.5) / 5000 (SDXL), lr ≈ 1e-5,
 
 ``inversion_model="reference"`` (not in the paper) inverts with the frozen reference instead of the policy. With
 the policy, the inverted latents move with the model being trained, and the margin can grow by making the
-winners' inversions odd for the reference; on the toy world that variant loses to the base (42%) while
-reference inversion wins (67.5%; docs/results.md).
+winners' inversions odd for the reference; on the toy world, with diffalign's inversion grid, that variant loses
+to the base (42%) while reference inversion wins (67.5%); with the authors' grid (``inversion="authors"``) the
+policy wins too (75.5%; docs/results.md).
 """
 
 from __future__ import annotations
