@@ -132,7 +132,7 @@ def test_tdpo_clips_the_negative_term_and_its_gradient():
 def test_inpo_is_dpo_on_its_errors_with_inversion_noising():
     errors = PairErrors(_t([0.4, 0.3]), _t([0.5, 0.2]), _t([0.5, 0.2]), _t([0.5, 0.2]))
     inpo = get_objective("inpo", beta=10.0, inversion_steps=5)
-    assert inpo.noising == "ddim_inversion" and inpo.inversion_options == {"steps": 5, "eta": 0.1, "semantics": "diffalign"}
+    assert inpo.noising == "ddim_inversion" and inpo.inversion_options == {"steps": 5, "eta": 0.1, "semantics": "authors"}
     assert inpo.loss(errors)[0].item() == pytest.approx(get_objective("dpo", beta=10.0).loss(errors)[0].item())
     with pytest.raises(ValueError, match="inversion_steps must be >= 1"):
         get_objective("inpo", inversion_steps=0)

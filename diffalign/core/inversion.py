@@ -15,18 +15,19 @@ x_inv with the reparameterised noise
 
 Two semantics (``semantics``), which differ in which steps run, the level the UNet is told, and the start:
 
-- ``diffalign`` (default): the steps whose *destination* d < t run (0-10 UNet calls), so x_inv sits at the grid
+- ``diffalign``: the steps whose *destination* d < t run (0-10 UNet calls), so x_inv sits at the grid
   level just below t; the UNet is told d; the first step starts from x0 itself (ᾱ_{-99} = 1, so no noise).
-- ``authors``: the InPO authors' train.py under the diffusers it pins (0.20, ``DDIMInverseScheduler`` with
+- ``authors`` (InPO's default, objectives/inpo.py): the InPO authors' train.py under the diffusers it pins (0.20, ``DDIMInverseScheduler`` with
   ``set_alpha_to_one=False``): the steps whose *source* s < t run (1-10 calls), so x_inv sits at the grid level
   at or above t (at 901 for t > 901); the UNet is told s (-99 on the first call); level -99 has
   ᾱ = alphas_cumprod[0] (SD1.5's and SDXL's configs set ``set_alpha_to_one=False``), so the first step adds its
   noise too. (From diffusers 0.22 on, the same script would
   take destination levels; the authors' batch shares the first row's t, which needs batch size 1.)
 
-Why diffalign's is the default: the UNet is never given a level outside its training range (-99), and x_inv is
-never noisier than the t it is trained at. With a model that predicts the noise exactly, both give
-eps* of unit std only at large t (tests/test_inversion.py pins the values at t = 50 ... 700).
+``diffalign`` never gives the UNet a level outside its training range (-99) and never makes x_inv noisier than
+the t it is trained at; on the toy the authors' grid trains better (docs/results.md), so InPO defaults to it. With
+a model that predicts the noise exactly, both give eps* of unit std only at large t (tests/test_inversion.py pins
+the values at t = 50 ... 700).
 diffusers' ``DDIMInverseScheduler`` is not used: its semantics changed between versions and its ``clip_sample``
 default differs.
 """

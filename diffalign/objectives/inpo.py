@@ -6,11 +6,11 @@ the inputs change. Instead of x_t = sqrt(ᾱ_t) x0 + sqrt(1-ᾱ_t) eps, each ima
 against the reparameterised noise eps* = (x_inv - sqrt(ᾱ_t) x0) / sqrt(1 - ᾱ_t) at each row's own t. Both members
 of a pair share t. Defaults (paper): β 2000 (SD1.5) / 5000 (SDXL), lr ≈ 1e-5, 400 steps.
 
-``inversion_model="reference"`` (not in the paper) inverts with the frozen reference instead of the policy. With
-the policy, the inverted latents move with the model being trained, and the margin can grow by making the
-winners' inversions odd for the reference; on the toy world, with diffalign's inversion grid, that variant loses
-to the base (42%) while reference inversion wins (67.5%); with the authors' grid (``inversion="authors"``) the
-policy wins too (75.5%; docs/results.md).
+The inversion grid is the authors' by default (``inversion="authors"``); ``inversion="diffalign"`` walks
+destination levels instead (core/inversion.py). ``inversion_model="reference"`` (not in the paper) inverts with
+the frozen reference instead of the policy. With the policy, the inverted latents move with the model being
+trained; on the toy world that loses to the base with diffalign's grid (42%) and wins with the authors' (75.5%,
+the toy default; docs/results.md).
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ class InPOOptions(DPOOptions):
     # "policy" (the paper and its code) or "reference" (the frozen start: the inverted latents then no longer move
     # with the policy being trained)
     inversion_model: str = "policy"
-    # Which grid steps run and which level the UNet is told (core/inversion.py): "diffalign" (destination levels
-    # below t; the first step from x0 exactly) or "authors" (the InPO authors' script under the diffusers it pins:
-    # source levels below t, the UNet told -99 first, x_inv at the grid level at or above t)
-    inversion: str = "diffalign"
+    # Which grid steps run and which level the UNet is told (core/inversion.py): "authors" (the InPO authors'
+    # script under the diffusers it pins: source levels below t, the UNet told -99 first, x_inv at the grid level at
+    # or above t) or "diffalign" (destination levels below t; the first step from x0 exactly)
+    inversion: str = "authors"
 
     def check(self) -> None:
         super().check()
