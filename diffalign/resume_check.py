@@ -28,6 +28,10 @@ FIXED = {"method", "model.pretrained", "model.revision", "model.variant", "model
          "train.batch_size", "train.grad_accum", "train.mixed_precision"}
 # Paths that may be written relative to where a run started: compared (and saved) resolved.
 PATH_KEYS = ("model.pretrained", "model.vae", "data.source", "data.cache_dir")
+# Objective options added after checkpoints were written, with what those checkpoints ran with: such a checkpoint
+# resumes freely when this run uses the same, and names that value when it does not.
+LEGACY_OBJECTIVE_VALUES = {"objective.inversion": "diffalign", "objective.reference_point_rule": "diffalign",
+                           "objective.segmenter": "diffalign"}
 # Schedules whose lr does not depend on train.max_steps: extending such a run changes nothing already decided.
 _STEP_FREE_SCHEDULES = ("constant", "constant_with_warmup")
 
@@ -85,6 +89,8 @@ def check_resume_config(saved: dict, current: dict, accepted: set[str], where: s
     if not saved:
         raise ConfigError(f"{where} has no config.json: diffalign cannot tell which run it belongs to")
     old, new = flatten(saved), flatten(current)
+    method_options = {k for k in new if k.startswith("objective.")}
+    old.update({k: v for k, v in LEGACY_OBJECTIVE_VALUES.items() if k in method_options and k not in old})
     defaults = _defaults()
     # A field a newer version added (absent from the checkpoint) at its default changes nothing the run did.
     changed = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new))

@@ -177,3 +177,16 @@ def test_a_field_added_since_the_checkpoint_at_its_default_is_no_change():
     other = {**now, "train": {**now["train"], "timestep_sampling": "uniform"}}
     with pytest.raises(ConfigError, match="train.timestep_sampling: None in the checkpoint, 'uniform' now"):
         check_resume_config(saved, other, set(), "ckpt")
+
+
+def test_an_objective_option_added_since_the_checkpoint_is_compared_as_what_that_run_used():
+    """Checkpoints from before objective.inversion / reference_point_rule / segmenter ran diffalign's behaviour:
+    KTO's new default is that, so it resumes; InPO's default is now the authors' grid, a change to accept."""
+    from diffalign.config import ConfigError
+    from diffalign.resume_check import check_resume_config
+
+    kto_now = {"method": "kto", "objective": {"beta": 100.0, "reference_point_rule": "diffalign"}}
+    assert check_resume_config({"method": "kto", "objective": {"beta": 100.0}}, kto_now, set(), "ckpt") == {}
+    inpo_now = {"method": "inpo", "objective": {"beta": 1000.0, "inversion": "authors"}}
+    with pytest.raises(ConfigError, match="objective.inversion: 'diffalign' in the checkpoint, 'authors' now"):
+        check_resume_config({"method": "inpo", "objective": {"beta": 1000.0}}, inpo_now, set(), "ckpt")
