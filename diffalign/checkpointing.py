@@ -42,6 +42,7 @@ class TrainingState:
     optimizer: torch.optim.Optimizer
     scheduler: object
     config: dict = field(default_factory=dict)
+    data: object = None  # streamed data's position (data/stream.StreamPositions; JSON, per process), else None
 
 
 class CheckpointWriteError(OSError):
@@ -117,6 +118,8 @@ def save_checkpoint(accelerator: Accelerator, out: Path, global_step: int, total
     try:
         temporary.mkdir(parents=True, exist_ok=True)
         files.save_rng(temporary / files.rng_file(accelerator.process_index))
+        if state.data is not None:
+            files.write_json(temporary / data_file(accelerator.process_index), state.data.state_dict())
         if accelerator.is_main_process:
             files.save_parts(temporary, state.parts)
             files.save_optimizer(temporary / files.OPTIMIZER_FILE, state.optimizer)
@@ -150,6 +153,23 @@ def save_checkpoint(accelerator: Accelerator, out: Path, global_step: int, total
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def data_file(rank: int) -> str:
+    return f"data_{rank}.json"
+
+
+def load_data_position(path: Path, position) -> None:
+    """A streamed run's cursors; a checkpoint of a map-style run (no such file) cannot continue a stream."""
+    from .config import ConfigError
+
+    if not path.is_file():
+        raise ConfigError(f"{path.parent} was saved by a run that read its data map-style (no {path.name}); resume "
+                          "it with data.streaming: false")
+    try:
+        position.load_state_dict(files.read_json(path))
+    except ValueError as err:
+        raise ConfigError(f"{path.parent}: {err}") from err
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -190,6 +210,8 @@ def load_checkpoint(accelerator: Accelerator, path: Path, state: TrainingState) 
         if accelerator.scaler is not None:
             accelerator.scaler.load_state_dict(files.read_json(path / files.SCALER_FILE))
         files.load_rng(path / files.rng_file(accelerator.process_index))
+        if state.data is not None:
+            load_data_position(path / data_file(accelerator.process_index), state.data)
         accelerator.step = int(marker.get("accelerator_step", 0))
         return int(marker["global_step"])
     except Exception as err:  # missing, truncated or corrupt files: several exception types

@@ -32,8 +32,15 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "assets/toy-data/pairs_bold.parquet"  # hub dataset id, local parquet file(s) or folder
+    # hub dataset id; parquet, CSV/TSV or JSONL file or folder; imagefolder (metadata.csv/.jsonl); webdataset .tar
+    source: str = "assets/toy-data/pairs_bold.parquet"
     split: str = "train"  # split of a hub dataset / folder
+    # the names a method reads -> the table's own columns, e.g. {caption: text, jpg_0: image_a} (checked at start)
+    columns: dict = field(default_factory=dict)
+    # read rows as they arrive (no download or conversion before step 1; exact resume); null: stream hub datasets
+    # above 10 GB (the hub's file listing; unknown size streams), read local tables map-style
+    streaming: bool | None = None
+    shuffle_buffer: int = 1000  # streaming: examples per shuffle block, per reader (process x worker)
     resolution: int = 32  # pixels; images are resized (short side) and cropped to this square
     random_crop: bool = False  # same random crop for both images of a pair (else centre crop)
     random_flip: bool = False  # same horizontal flip for both images of a pair, with probability 1/2
@@ -321,6 +328,10 @@ def validate(cfg: Config, given: dict | None = None, overridden: set[str] = froz
         raise ConfigError(f"data.caption_dropout must be in [0, 1); got {d.caption_dropout}")
     if d.on_bad_sample not in ("error", "skip"):
         raise ConfigError(f"data.on_bad_sample: expected 'error' or 'skip'; got {d.on_bad_sample!r}")
+    bad_column = next((k for k, v in d.columns.items() if not isinstance(v, str) or not v), None)
+    if bad_column is not None:
+        raise ConfigError(f"data.columns.{bad_column}: expected the table's column name, got "
+                          f"{d.columns[bad_column]!r}")
     bg = d.alpha_background
     if not isinstance(bg, list) or len(bg) != 3 or not all(type(v) is int and 0 <= v <= 255 for v in bg):
         raise ConfigError(f"data.alpha_background: expected three integers in 0..255 (an RGB colour); got {bg!r}")
@@ -392,7 +403,7 @@ def _numeric_rules() -> dict:
             "train.empty_prompt_anchor": non_negative, "train.seed": non_negative_int,
             "train.checkpoint_every": non_negative_int, "train.checkpoints_total_limit": non_negative_int,
             "train.validation_every": non_negative_int, "data.resolution": image_side, "data.max_pairs": count,
-            "data.num_workers": non_negative_int, "lora.rank": count, "train.logit_std": positive,
+            "data.num_workers": non_negative_int, "data.shuffle_buffer": count, "lora.rank": count, "train.logit_std": positive,
             "model.max_sequence_length": count, "model.guidance": non_negative, "lora.alpha": positive,
             "eval.seeds_per_prompt": count, "eval.num_inference_steps": count, "eval.guidance_scale": guidance}
 

@@ -25,7 +25,9 @@ FIXED = {"method", "model.pretrained", "model.revision", "model.variant", "model
          "train.optimizer", "train.ema_reference_decay",
          # The micro-batch bookkeeping (accelerate's step counter, the data position) and the fp16 grad scaler's
          # presence are restored as saved: these cannot change mid-run either.
-         "train.batch_size", "train.grad_accum", "train.mixed_precision"}
+         "train.batch_size", "train.grad_accum", "train.mixed_precision",
+         # streamed data resumes from cursors into blocks of this size, a map-style run from its step
+         "data.streaming", "data.shuffle_buffer"}
 # Paths that may be written relative to where a run started: compared (and saved) resolved.
 PATH_KEYS = ("model.pretrained", "model.vae", "data.source", "data.cache_dir")
 # Objective options added after checkpoints were written, with what those checkpoints ran with: such a checkpoint

@@ -37,6 +37,7 @@ from diffalign.paths import REPO_ROOT, check_run_folder, clear_run_folder, is_to
 import diffalign.toy.plugin  # noqa: F401  (the entry point registers the toy world: prompt sets "toy:<set>", scorer "toy")
 from diffalign.resume_check import check_resume_config, run_config
 from diffalign.training.build import Trained, build_components
+from diffalign.training.feed import make_feed
 from diffalign.training.distributed import average_gradients, broadcast_parameters, prepare
 from diffalign.training.launch import check_launch, make_accelerator
 from diffalign.training.optim import make_optimizer, make_scheduler
@@ -115,17 +116,17 @@ def train(cfg: Config, resume: str | None = None, resume_accept: tuple[str, ...]
     objective = get_objective(cfg.method, **cfg.objective)
     dataset, sampler, collate, parts, weight_dtype = load_inputs(cfg, objective, accelerator)
     trained = build_components(cfg, objective, parts, accelerator, weight_dtype, dataset)
-    loader = make_loader(cfg, dataset, sampler, collate, accelerator)
+    feed = make_feed(cfg, accelerator, dataset, sampler, collate)
     optimizer = make_optimizer(cfg, trained.params, trained.text_params)
     lr_scheduler = make_scheduler(cfg, optimizer, accelerator.num_processes)
-    unet, optimizer, loader, lr_scheduler = prepare(accelerator, parts.unet, optimizer, loader, lr_scheduler)
+    unet, optimizer, loader, lr_scheduler = prepare(accelerator, parts.unet, optimizer,
+                                                    feed.loader if feed.prepared_by_accelerate else None, lr_scheduler)
+    feed.loader = loader or feed.loader
     broadcast_parameters(accelerator, trained.outside_ddp())  # nothing else makes every rank start from rank 0's
     state = TrainingState(trained.checkpoint_parts(), optimizer, lr_scheduler,
-                          run_config(dataclasses.asdict(cfg), dataclasses.asdict(objective.options)))
+                          run_config(dataclasses.asdict(cfg), dataclasses.asdict(objective.options)), feed.position)
     step_fn = build_step(cfg, objective, parts, accelerator, trained, weight_dtype)
     global_step, resumed = resume_run(accelerator, out, resume, resume_accept, state)
-    updates_per_epoch = len(loader) // cfg.train.grad_accum  # exact: the sampler trims epochs to whole updates
-    first_epoch, done_in_epoch = divmod(global_step, updates_per_epoch)
     if accelerator.is_main_process and accelerator.trackers == [] and cfg.train.report_to != "none":
         accelerator.init_trackers("diffalign", config={"method": cfg.method, **cfg.objective})
     out.mkdir(parents=True, exist_ok=True)
@@ -134,41 +135,42 @@ def train(cfg: Config, resume: str | None = None, resume_accept: tuple[str, ...]
     bar = tqdm(total=cfg.train.max_steps, initial=global_step, desc=f"train {cfg.method}",
                disable=not accelerator.is_local_main_process)
     start, history, update_metrics, guard = time.time(), [], UpdateMetrics(), NonFiniteGuard(cfg.train)
-    skipped_samples, epoch = 0, first_epoch
-    while global_step < cfg.train.max_steps:
-        skip = done_in_epoch * cfg.train.grad_accum if epoch == first_epoch else 0
-        for batch in epoch_batches(accelerator, loader, sampler, dataset, epoch, skip):
-            skipped_samples += batch.get("skipped", 0)
-            for component in trained.all:
-                component.prepare_batch(batch)
-            with accelerator.accumulate(unet):
-                loss, metrics = step_fn(unet, batch)
-                if metrics:  # none from a micro-batch whose examples were all skipped (its loss is a zero dummy)
-                    update_metrics.add({**metrics, "loss": loss.item()})
-                accelerator.backward(loss)
-                finite, grad_norm = apply_update(accelerator, cfg, loss, trained, optimizer, lr_scheduler,
-                                                 global_step)
-            if not accelerator.sync_gradients:
-                continue
-            for component in trained.all if finite else ():
-                component.after_update()  # e.g. the EMA reference follows the policy
-            if guard.record(finite, global_step + 1):  # the last finite weights, resumable
-                save_checkpoint(accelerator, out, global_step, cfg.train.checkpoints_total_limit, state)
-                raise NonFiniteTraining(guard.message(global_step + 1, out))
-            global_step += 1
-            bar.update(1)
-            metrics = update_metrics.reduce(accelerator.num_processes)  # over micro-batches and ranks
-            history.append(log_update(cfg, accelerator, bar, metrics, grad_norm, guard.total, lr_scheduler, epoch,
-                                      global_step))
-            if cfg.train.validation_every and global_step % cfg.train.validation_every == 0 \
-                    and accelerator.is_main_process:
-                _validate(cfg, parts, accelerator.unwrap_model(unet), out, global_step)
-            if cfg.train.checkpoint_every and global_step % cfg.train.checkpoint_every == 0:
-                step_fn.flush()
-                save_checkpoint(accelerator, out, global_step, cfg.train.checkpoints_total_limit, state)
-            if global_step >= cfg.train.max_steps:
-                break
-        epoch += 1
+    skipped_samples = ties_dropped = 0
+    # an exhausted run resumed at max_steps reads nothing
+    batches = feed.batches(global_step) if global_step < cfg.train.max_steps else iter(())
+    for epoch, batch in batches:
+        skipped_samples += batch.get("skipped", 0)
+        ties_dropped += batch.pop("ties_dropped", 0)  # streamed data counts its ties as it reads them
+        for component in trained.all:
+            component.prepare_batch(batch)
+        with accelerator.accumulate(unet):
+            loss, metrics = step_fn(unet, batch)
+            if metrics:  # none from a micro-batch whose examples were all skipped (its loss is a zero dummy)
+                update_metrics.add({**metrics, "loss": loss.item()})
+            accelerator.backward(loss)
+            finite, grad_norm = apply_update(accelerator, cfg, loss, trained, optimizer, lr_scheduler,
+                                             global_step)
+        if not accelerator.sync_gradients:
+            continue
+        for component in trained.all if finite else ():
+            component.after_update()  # e.g. the EMA reference follows the policy
+        if guard.record(finite, global_step + 1):  # the last finite weights, resumable
+            save_checkpoint(accelerator, out, global_step, cfg.train.checkpoints_total_limit, state)
+            raise NonFiniteTraining(guard.message(global_step + 1, out))
+        global_step += 1
+        bar.update(1)
+        metrics = update_metrics.reduce(accelerator.num_processes)  # over micro-batches and ranks
+        history.append(log_update(cfg, accelerator, bar, metrics, grad_norm, guard.total, lr_scheduler, epoch,
+                                  global_step))
+        if cfg.train.validation_every and global_step % cfg.train.validation_every == 0 \
+                and accelerator.is_main_process:
+            _validate(cfg, parts, accelerator.unwrap_model(unet), out, global_step)
+        if cfg.train.checkpoint_every and global_step % cfg.train.checkpoint_every == 0:
+            step_fn.flush()
+            save_checkpoint(accelerator, out, global_step, cfg.train.checkpoints_total_limit, state)
+        if global_step >= cfg.train.max_steps:
+            break
+    getattr(batches, "close", lambda: None)()  # a stream's workers stop now
     bar.close()
     train_seconds = time.time() - start
     step_fn.flush()
@@ -179,7 +181,9 @@ def train(cfg: Config, resume: str | None = None, resume_accept: tuple[str, ...]
                "nonfinite_skipped": guard.total,
                "bad_samples_skipped": int(accelerator.reduce(torch.tensor(skipped_samples, device=accelerator.device),
                                                              reduction="sum")),
-               "ties_dropped": getattr(dataset, "skipped_ties", 0), "examples_available": len(dataset),
+               "ties_dropped": getattr(dataset, "skipped_ties", 0) + int(accelerator.reduce(
+                   torch.tensor(ties_dropped, device=accelerator.device), reduction="sum")),
+               "examples_available": len(dataset) if feed.position is None else None,  # a stream's size is unread
                "first_metrics": history[0] if history else {}, "final_metrics": _mean_tail(history),
                "resumed": resumed, **step_fn.summary(), **{k: v for c in trained.all for k, v in c.summary().items()}}
     check_finite(state.parts)  # nothing non-finite is exported (every rank: the weights are replicated)
@@ -225,7 +229,8 @@ def load_inputs(cfg: Config, objective, accelerator):
     per_update = cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes
     try:
         dataset, sampler, collate = build_training_data(cfg.data, objective, tokenizer, cfg.train.seed, per_update,
-                                                        cfg.model.trust_remote_code)
+                                                        cfg.model.trust_remote_code, accelerator.process_index,
+                                                        accelerator.num_processes)
     except ValueError as err:
         raise ConfigError(str(err)) from err
     parts = load_sd_components(cfg.model.pretrained, cfg.model.revision, cfg.model.variant, tokenizer,
@@ -258,16 +263,6 @@ def check_family(cfg: Config, objective, kind: str, family) -> None:
         cfg.lora.target_modules = list(family.lora_targets)
 
 
-def make_loader(cfg: Config, dataset, sampler, collate, accelerator) -> torch.utils.data.DataLoader:
-    # Workers decode and transform ahead of the step; pinned memory makes the copy to a GPU asynchronous. Not
-    # persistent: each epoch's workers must copy the dataset with its new ``epoch`` (the per-example seeds).
-    workers = cfg.data.num_workers
-    return torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=collate,
-                                       drop_last=True, num_workers=workers,
-                                       pin_memory=accelerator.device.type == "cuda",
-                                       prefetch_factor=4 if workers else None)
-
-
 def resume_run(accelerator, out: Path, resume: str | None, resume_accept, state: TrainingState):
     """(optimizer steps done, {"from_step", "accepted_changes": {key: [saved, now]}}); (0, None) without --resume."""
     changes: dict[str, list] = {}
@@ -282,17 +277,6 @@ def resume_run(accelerator, out: Path, resume: str | None, resume_accept, state:
     if changes:
         logger.warning("resumed at step %d with accepted config changes: %s", step, changes)
     return step, {"from_step": step, "accepted_changes": changes}
-
-
-def epoch_batches(accelerator, loader, sampler, dataset, epoch: int, skip: int):
-    """The loader over ``epoch``'s order, past its first ``skip`` micro-batches (those done before a resume)."""
-    dataset.epoch = epoch
-    batches = accelerator.skip_first_batches(loader, skip) if skip else loader
-    # accelerate's loaders push their own pass counter into the sampler when iterated; make it our epoch
-    # (a fresh loader after a resume would otherwise replay epoch 0's order).
-    batches.set_epoch(epoch)
-    sampler.set_epoch(epoch)
-    return batches
 
 
 def apply_update(accelerator, cfg: Config, loss: torch.Tensor, trained: Trained, optimizer, lr_scheduler,

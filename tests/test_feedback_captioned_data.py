@@ -192,3 +192,34 @@ def test_cli_toy_captioned_long_writes_its_own_default_file(tmp_path, monkeypatc
     rows = load_dataset("parquet", data_files=str(tmp_path / "captioned_long.parquet"), split="train")
     assert len(rows) == 2 and all(len(parse(c).objects) >= 5 for c in rows["caption"])
     assert cli.main(["toy", "captioned", "--long", "--n", "2"]) == 2  # an existing file is not replaced silently
+
+
+def test_pairs_read_as_feedback_on_the_fly_equal_the_exported_feedback(tmp_path, tokenizer):
+    """KTO on a table of pairs: the examples `diffalign data feedback` would export, without the copy."""
+    from diffalign.cli import main
+
+    rows = [{"caption": f"c{i}", "jpg_0": _image(10 * i), "jpg_1": _image(200 - i), "label_0": lab}
+            for i, lab in enumerate([1.0, 0.0, 0.5, 0.0, 1.0])]
+    src = _write(tmp_path, rows, "pairs.parquet")
+    assert main(["data", "feedback", "--source", src, "--out", str(tmp_path / "fb")]) == 0
+    options = dict(resolution=32, random_flip=True, caption_dropout=0.3)
+    exported = FeedbackImages(DataConfig(source=str(tmp_path / "fb"), **options), tokenizer, seed=2)
+    on_the_fly = FeedbackImages(DataConfig(source=src, **options), tokenizer, seed=2)
+    assert len(on_the_fly) == len(exported) == 8 and on_the_fly.skipped_ties == 1
+    assert on_the_fly.labels.tolist() == exported.labels.tolist() == [1, 0] * 4
+    for i in range(8):
+        a, b = on_the_fly[i], exported[i]
+        assert torch.equal(a["pixels"], b["pixels"]) and torch.equal(a["input_ids"], b["input_ids"])
+        assert a["label"] == b["label"]  # (seeds differ: ids 2 * row + j vs the export's own rows)
+    assert "row 3 (rejected image of the pair)" in on_the_fly.where(7)
+
+
+def test_pairs_read_as_captioned_images_give_each_decisive_pairs_preferred_image(tmp_path, tokenizer):
+    """TPO, SoftREPA and SFT on a table of pairs: the preferred image under its caption; ties left out."""
+    rows = [{"caption": f"a red circle {i}", "jpg_0": _image(10 * i), "jpg_1": _image(200), "label_0": lab}
+            for i, lab in enumerate([1.0, 0.0, 0.5])]
+    ds = CaptionedImages(DataConfig(source=_write(tmp_path, rows, "pairs.parquet"), resolution=32), tokenizer)
+    assert ds.rows.tolist() == [0, 1] and ds.skipped_ties == 1
+    assert ds[0]["pixels"].mean() == pytest.approx(0 / 127.5 - 1, abs=1e-5)  # row 0: jpg_0 preferred
+    assert ds[1]["pixels"].mean() == pytest.approx(200 / 127.5 - 1, abs=1e-5)  # row 1: jpg_1 preferred
+    assert ds[1]["caption"] == "a red circle 1" and "negative_ids" in ds[1]

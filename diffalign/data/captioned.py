@@ -15,24 +15,54 @@ import torch
 
 from ..config import DataConfig
 from .examples import BadSample, TableExamples, paired_transform, without_skipped
+from .pairs import PAIR_COLUMNS, checked_pair_label, decisive_rows, pair_labels, preferred_first
 from .perturb import RulePerturber
 
-CAPTIONED_COLUMNS = ["caption", "image"]
+CAPTIONED_COLUMNS = ("caption", "image")
 
 
 class CaptionedImages(TableExamples):
+    """Captioned images; a table of pairs is read as the preferred image of each decisive pair under its caption
+    (no copy; ties, with no preferred image, are left out and counted in ``skipped_ties``)."""
+
     def __init__(self, cfg: DataConfig, tokenizer, seed: int = 0, perturber=None, negatives: bool = True,
-                 caption_dropout: bool = False):
+                 caption_dropout: bool = False, streaming: bool = False):
         """``negatives``: give each image a perturbed caption (TPO); SoftREPA pairs images with the other
         captions of the batch instead, so it neither builds nor checks one. ``caption_dropout``: apply
         data.caption_dropout (SFT; TPO and SoftREPA need every caption)."""
         if negatives and caption_dropout:
             raise ValueError("caption pairs (TPO) need the true caption to perturb: no caption dropout with them")
-        table = self.open(cfg, CAPTIONED_COLUMNS)
-        super().__init__(cfg, tokenizer, seed, table, np.arange(len(table)))
+        super().__init__(cfg, tokenizer, seed, streaming)
         self.negatives, self.caption_dropout = negatives, caption_dropout
-        self.given_negatives = "negative_caption" in table.column_names
+        self.given_negatives = "negative_caption" in self.found_columns
         self.perturber = perturber or RulePerturber()  # every axis
+
+    def required_columns(self) -> tuple[str, ...]:
+        found = set(self.found_columns)
+        self.from_pairs = not set(CAPTIONED_COLUMNS) <= found and set(PAIR_COLUMNS) <= found
+        return PAIR_COLUMNS if self.from_pairs else CAPTIONED_COLUMNS
+
+    def select(self) -> np.ndarray:
+        if not self.from_pairs:
+            return super().select()
+        rows = decisive_rows(pair_labels(self.table["label_0"], self.cfg.source), drop_ties=True)
+        self.skipped_ties = len(self.table) - len(rows)
+        return rows
+
+    def record(self, row: int) -> dict:
+        record = self.table[row]
+        return self.preferred(record) if self.from_pairs else record
+
+    def expand(self, row: int, record: dict) -> list[tuple[int, dict]]:
+        if not self.from_pairs:
+            return [(row, record)]
+        return [] if checked_pair_label(record, self.where(row)) == 0.5 else [(row, self.preferred(record))]
+
+    @staticmethod
+    def preferred(record: dict) -> dict:
+        """A pair's record -> its preferred image under its caption (and negative_caption, when given)."""
+        return {**{k: v for k, v in record.items() if k not in ("jpg_0", "jpg_1")},
+                "image": record[preferred_first(record)[0]]}
 
     def negative(self, caption: str, record: dict, rng: np.random.Generator, where: str) -> str:
         if self.given_negatives:
@@ -43,8 +73,8 @@ class CaptionedImages(TableExamples):
             return negative
         return self.perturber.perturb(caption, rng)[0]
 
-    def load(self, i: int) -> dict:
-        row, record, where, seed, rng = self.example(i)
+    def load_record(self, row: int, record: dict) -> dict:
+        where, seed, rng = self.example(row)
         if self.caption_dropout:
             caption = self.caption_or_empty(record, rng, where)
         else:

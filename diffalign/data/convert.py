@@ -1,5 +1,7 @@
 """Converting Pick-a-Pic-style pairs into KTO's binary feedback, written as parquet shards
-(``train-00000-of-N.parquet``) that ``data.source`` reads as a folder.
+(``train-00000-of-N.parquet``) that ``data.source`` reads as a folder. Training needs no such copy: KTO reads a
+table of pairs as this feedback on the fly (feedback.py, with ``pair_to_feedback``); the export is for other tools
+and for the per-image labelling below.
 
 Per pair (the default): for each non-tied pair, the preferred image is desirable (label 1) and the other
 undesirable (label 0), in that order; ties carry no thumbs up or down and are left out (counted). Every verdict is
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .pairs import PAIR_COLUMNS, pair_labels
 from .tables import open_table, require_columns
 
 FEEDBACK_KEEP = ("caption", "user_id")  # columns carried over from the pair, when present
@@ -89,14 +92,11 @@ def pairs_to_feedback(source: str, split: str, out: str | Path, rows_per_shard: 
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; choose another output folder")
     table = open_table(source, split)
-    require_columns(table, ["caption", "jpg_0", "jpg_1", "label_0"], source)
-    labels = np.asarray(table["label_0"], dtype=np.float64)
-    bad = np.flatnonzero(~np.isin(labels, (0.0, 0.5, 1.0)))
-    if len(bad):
-        raise ValueError(f"{source}: row {bad[0]} has label_0={labels[bad[0]]}; expected 0, 0.5 or 1")
+    require_columns(table, list(PAIR_COLUMNS), source)
+    labels = pair_labels(table["label_0"], source)
     if (labels == 0.5).all():
         raise ValueError(f"{source}: every pair is a tie; there is no feedback to write")
-    needed = list(dict.fromkeys(["caption", "jpg_0", "jpg_1", "label_0"]
+    needed = list(dict.fromkeys(list(PAIR_COLUMNS)
                                 + [k for k in FEEDBACK_KEEP if k in table.column_names]))
     counts = {}
     if per_image:

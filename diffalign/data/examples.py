@@ -3,7 +3,9 @@ randomness from (run seed, epoch, row), image decoding, the shared crop/flip, an
 
 from __future__ import annotations
 
+import base64
 import io
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,7 +14,7 @@ from PIL import Image
 from ..config import DataConfig
 from ..core.noise import example_seed
 from .images import WHITE, to_rgb
-from .tables import open_table, require_columns
+from .tables import column_names, layout_of, open_table, require_columns
 
 
 class BadSample(ValueError):
@@ -20,14 +22,24 @@ class BadSample(ValueError):
     ``data.on_bad_sample=skip`` it is left out of its batch and counted; otherwise it stops the run."""
 
 
-def decode_image(data, where: str, resolution: int | None = None, background=WHITE) -> Image.Image:
-    """PNG/JPEG/TIFF/... bytes (or a datasets Image dict / PIL image) -> 8-bit RGB PIL image (``to_rgb``: alpha on
-    ``background``, data.alpha_background); names the row when undecodable or smaller than ``resolution``."""
+def decode_image(data, where: str, resolution: int | None = None, background=WHITE,
+                 root: Path | None = None) -> Image.Image:
+    """An image cell -> 8-bit RGB PIL image (``to_rgb``: alpha on ``background``, data.alpha_background); names the
+    row when undecodable, missing or smaller than ``resolution``.
+
+    A cell is encoded bytes (PNG/JPEG/TIFF/...), a datasets Image dict ({"bytes", "path"}; bytes None: read the
+    path), a PIL image, a path string (a relative one starts at ``root``, the folder of the CSV/JSONL file) or a
+    base64 data URI (how CSV and JSONL embed bytes)."""
     try:
         if isinstance(data, dict):
-            data = data.get("bytes")
+            data = data.get("bytes") or data.get("path")
+        if isinstance(data, str) and data.startswith("data:"):  # a data URI: data:image/png;base64,<bytes>
+            data = base64.b64decode(data.split(",", 1)[1], validate=True)
+        if isinstance(data, str):
+            path = Path(data)
+            data = (path if path.is_absolute() or root is None else Path(root) / path).read_bytes()
         image = to_rgb(data if isinstance(data, Image.Image) else Image.open(io.BytesIO(data)), background)
-    except Exception as err:  # PIL raises several types for corrupt data
+    except Exception as err:  # PIL raises several types for corrupt data; a missing file OSError
         raise BadSample(f"{where}: image could not be decoded ({type(err).__name__}: {err})") from err
     if resolution is not None and min(image.size) < resolution:
         raise BadSample(f"{where}: image is {image.width}x{image.height}, smaller than data.resolution={resolution} "
@@ -81,49 +93,84 @@ def _same_relative_offset(drawn: int, drawn_slack: int, slack: int, random_crop:
 
 
 class TableExamples(torch.utils.data.Dataset):
-    """Base of the datasets: ``rows`` are the table rows in use (after any documented skips and ``max_pairs``)."""
+    """Base of the table-backed datasets, map-style or streamed (``data.streaming``; stream.StreamedExamples
+    then reads the rows and asks ``expand`` and ``load_record`` for the examples).
 
-    @staticmethod
-    def open(cfg: DataConfig, columns: list[str]):
-        table = open_table(cfg.source, cfg.split)
-        require_columns(table, columns, cfg.source)
-        return table
+    An example id is a table row, or ``2 * row + j`` for views that make two examples of a row (a pair's preferred
+    and rejected image); a streamed row is numbered ``shard << 32 | row in shard``. ``rows``: the example ids in
+    use, after any documented skips and ``max_pairs`` (map-style only).
+    """
 
-    def __init__(self, cfg: DataConfig, tokenizer, seed: int, table, rows: np.ndarray):
+    columns: tuple[str, ...] = ()  # what the method reads (after data.columns)
+
+    def __init__(self, cfg: DataConfig, tokenizer, seed: int = 0, streaming: bool = False):
+        self.cfg, self.tokenizer, self.seed, self.epoch, self.streaming = cfg, tokenizer, seed, 0, streaming
+        self.image_root = layout_of(cfg.source, cfg.split).image_root
+        self.table = open_table(cfg.source, cfg.split, streaming, cfg.columns)
+        self.found_columns = column_names(self.table)
+        require_columns(self.table, list(self.required_columns()), cfg.source)
+        if streaming:
+            return
+        rows = self.select()
         if cfg.max_pairs is not None:
             rows = rows[: cfg.max_pairs]
         if len(rows) == 0:
             raise ValueError(f"{cfg.source} (split {cfg.split!r}): no examples to train on (the table has "
-                             f"{len(table)} rows; data.max_pairs={cfg.max_pairs})")
-        self.table, self.rows, self.cfg, self.tokenizer, self.seed = table, rows, cfg, tokenizer, seed
-        self.epoch = 0
+                             f"{len(self.table)} rows; data.max_pairs={cfg.max_pairs})")
+        self.rows = rows
+
+    def required_columns(self) -> tuple[str, ...]:
+        return self.columns
+
+    def select(self) -> np.ndarray:
+        """Map-style: the example ids in use, from the label columns alone (no image is read)."""
+        return np.arange(len(self.table))
+
+    def expand(self, row: int, record: dict) -> list[tuple[int, dict]]:
+        """Streaming: the examples (id, record) of one table row, [] for a row left out (a tie)."""
+        return [(row, record)]
+
+    def record(self, row: int) -> dict:
+        """Map-style: the record of example ``row``."""
+        return self.table[row]
+
+    def label(self, record: dict) -> float:
+        """An example's label before it is loaded (KTO's desirable ratio draws by it)."""
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict:
+        row = int(self.rows[i])
+        return self.load_or_skip(row, lambda: self.record(row))
+
+    def load_or_skip(self, row: int, record) -> dict:
+        """The example, or {"skipped": why} for a bad sample under data.on_bad_sample=skip (the collate leaves it out
+        and counts it). ``record``: a callable, so a bad record raises inside the guard."""
         try:
-            return self.load(i)
+            return self.load_record(row, record())
         except BadSample as err:
             if self.cfg.on_bad_sample == "skip":
-                return {"skipped": str(err)}  # the collate leaves it out and counts it
+                return {"skipped": str(err)}
             raise
 
-    def load(self, i: int) -> dict:
+    def load_record(self, row: int, record: dict) -> dict:
         raise NotImplementedError
 
     def image(self, record: dict, column: str, where: str) -> Image.Image:
-        return decode_image(record[column], f"{where} column {column}", self.cfg.resolution, self.cfg.alpha_background)
+        return decode_image(record[column], f"{where} column {column}", self.cfg.resolution, self.cfg.alpha_background,
+                            self.image_root)
 
-    def example(self, i: int):
-        """(row, record, where, seed, rng) of the i-th example in use.
+    def where(self, row: int) -> str:
+        """The table row of an example id, for messages."""
+        return f"{self.cfg.source} {row_name(row, self.streaming)}"
 
-        Per-example randomness from (seed, epoch, row): the same crop/flip/dropout/noise in any worker, batch size,
-        accumulation or process layout.
-        """
-        row = int(self.rows[i])
+    def example(self, row: int):
+        """(where, seed, rng) of example ``row``. Per-example randomness from (seed, epoch, example id): the same
+        crop/flip/dropout/noise in any worker, batch size, accumulation or process layout."""
         seed = example_seed(self.seed, self.epoch, row)
-        return row, self.table[row], f"{self.cfg.source} row {row}", seed, np.random.default_rng(seed)
+        return self.where(row), seed, np.random.default_rng(seed)
 
     def caption_or_empty(self, record: dict, rng: np.random.Generator, where: str = "") -> str:
         caption = record["caption"]
@@ -136,6 +183,16 @@ class TableExamples(torch.utils.data.Dataset):
         """[77] token ids, padded/truncated to the tokenizer's window; [K, 77] when the model has K tokenizers
         (SDXL: 2)."""
         return token_ids(self.tokenizer, caption)
+
+
+SHARD_BITS = 32  # a streamed row's id: shard << 32 | row in its shard
+
+
+def row_name(row: int, streaming: bool) -> str:
+    """'row 12' (map-style) or 'shard 3 row 12' (streamed) for an example id of a one-example-per-row view."""
+    if streaming:
+        return f"shard {row >> SHARD_BITS} row {row & ((1 << SHARD_BITS) - 1)}"
+    return f"row {row}"
 
 
 def token_ids(tokenizer, caption: str) -> torch.Tensor:

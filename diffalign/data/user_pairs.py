@@ -51,19 +51,19 @@ class TableUserExample(UserExample):
 
     def _decode(self, column: str):
         return decode_image(self._record[column], f"{self._where} column {column}",
-                            background=self._dataset.cfg.alpha_background)
+                            background=self._dataset.cfg.alpha_background, root=self._dataset.image_root)
 
 
 class UserPreferencePairs(PreferencePairs):
     def __init__(self, cfg: DataConfig, tokenizer, seed: int = 0, examples_per_user: int = 4,
                  reversed_users: float = 0.0):
-        super().__init__(cfg, tokenizer, seed)
+        super().__init__(cfg, tokenizer, seed)  # map-style: profiles are drawn from all of a user's rows
         if not 0 <= reversed_users <= 1:
             raise ValueError(f"reversed_users is a probability; got {reversed_users}")
         self.reversed_users = reversed_users
-        if "user_id" not in self.table.column_names:
-            raise ValueError(f"{cfg.source}: PPD needs a user_id column (Pick-a-Pic v2 has one); columns are "
-                             f"{self.table.column_names}")
+        if "user_id" not in self.found_columns:
+            raise ValueError(f"{cfg.source}: PPD needs a user_id column (Pick-a-Pic v2 has one; map yours with "
+                             f"data.columns.user_id); columns are {self.found_columns}")
         if examples_per_user < 1:
             raise ValueError(f"examples_per_user must be >= 1; got {examples_per_user}")
         self.k = examples_per_user
@@ -80,9 +80,8 @@ class UserPreferencePairs(PreferencePairs):
         self.rows, self.users = keep, users
         self.skipped_profile_examples = 0  # undecodable profile images left out (data.on_bad_sample: skip)
 
-    def load(self, i: int) -> dict:
-        example = super().load(i)
-        row = int(self.rows[i])
+    def load_record(self, row: int, record: dict) -> dict:
+        example = super().load_record(row, record)
         others = self.user_rows[self.users[row]]
         others = others[others != row]
         rng = np.random.default_rng([self.seed, self.epoch, row, 0x50504400])  # its own stream: "PPD"
