@@ -259,7 +259,8 @@ def _resolve_embedded_paths(cfg: Config) -> None:
 
     for section, key in ((cfg.model, "pretrained"), (cfg.data, "source")):
         setattr(section, key, resolved(getattr(section, key)))
-    for key in ("user_encoder_model", "reward_model"):  # objective options that may name an embedded asset (toy CLIP)
+    # objective options that may name an embedded asset (a toy CLIP)
+    for key in ("user_encoder_model", "reward_model", "reward_processor"):
         if key in cfg.objective:
             cfg.objective[key] = resolved(cfg.objective[key])
 
