@@ -127,6 +127,10 @@ class EvalConfig:
     # bases such as `diffalign toy pretrain --zero-terminal-snr`); 0 is plain CFG
     guidance_rescale: float = 0.0
     validation_prompts: list[str] = field(default_factory=list)  # grid prompts (toy: held-out ones if empty)
+    # validation grids' image side in pixels (null: data.resolution, the side the model trains at, not the base's
+    # default size); a multiple of the model's pixel factor (8 for SD/SDXL's VAE, 16 for SD3/Flux's 2x2 patches)
+    validation_resolution: int | None = None
+    validation_steps: int | None = None  # sampler steps of the validation grids (null: eval.num_inference_steps)
 
 
 @dataclass
@@ -395,7 +399,8 @@ def _numeric_rules() -> dict:
             "train.validation_every": non_negative_int, "data.resolution": image_side, "data.max_pairs": count,
             "data.num_workers": non_negative_int, "lora.rank": count, "train.logit_std": positive,
             "model.max_sequence_length": count, "model.guidance": non_negative, "lora.alpha": positive,
-            "eval.seeds_per_prompt": count, "eval.num_inference_steps": count, "eval.guidance_scale": guidance}
+            "eval.seeds_per_prompt": count, "eval.num_inference_steps": count, "eval.guidance_scale": guidance,
+            "eval.validation_resolution": image_side, "eval.validation_steps": count}
 
 
 def _check_numbers(cfg: Config) -> None:
