@@ -134,6 +134,10 @@ class EvalConfig:
     # bases such as `diffalign toy pretrain --zero-terminal-snr`); 0 is plain CFG
     guidance_rescale: float = 0.0
     validation_prompts: list[str] = field(default_factory=list)  # grid prompts (toy: held-out ones if empty)
+    # validation grids' image side in pixels (null: data.resolution, the side the model trains at, not the base's
+    # default size); a multiple of the model's pixel factor (8 for SD/SDXL's VAE, 16 for SD3/Flux's 2x2 patches)
+    validation_resolution: int | None = None
+    validation_steps: int | None = None  # sampler steps of the validation grids (null: eval.num_inference_steps)
 
 
 @dataclass
@@ -266,7 +270,8 @@ def _resolve_embedded_paths(cfg: Config) -> None:
 
     for section, key in ((cfg.model, "pretrained"), (cfg.data, "source")):
         setattr(section, key, resolved(getattr(section, key)))
-    for key in ("user_encoder_model", "reward_model"):  # objective options that may name an embedded asset (toy CLIP)
+    # objective options that may name an embedded asset (a toy CLIP)
+    for key in ("user_encoder_model", "reward_model", "reward_processor"):
         if key in cfg.objective:
             cfg.objective[key] = resolved(cfg.objective[key])
 
@@ -405,7 +410,8 @@ def _numeric_rules() -> dict:
             "train.validation_every": non_negative_int, "data.resolution": image_side, "data.max_pairs": count,
             "data.num_workers": non_negative_int, "data.shuffle_buffer": count, "lora.rank": count, "train.logit_std": positive,
             "model.max_sequence_length": count, "model.guidance": non_negative, "lora.alpha": positive,
-            "eval.seeds_per_prompt": count, "eval.num_inference_steps": count, "eval.guidance_scale": guidance}
+            "eval.seeds_per_prompt": count, "eval.num_inference_steps": count, "eval.guidance_scale": guidance,
+            "eval.validation_resolution": image_side, "eval.validation_steps": count}
 
 
 def _check_numbers(cfg: Config) -> None:

@@ -33,7 +33,8 @@ PATH_KEYS = ("model.pretrained", "model.vae", "data.source", "data.cache_dir")
 # Objective options added after checkpoints were written, with what those checkpoints ran with: such a checkpoint
 # resumes freely when this run uses the same, and names that value when it does not.
 LEGACY_OBJECTIVE_VALUES = {"objective.inversion": "diffalign", "objective.reference_point_rule": "diffalign",
-                           "objective.segmenter": "diffalign"}
+                           "objective.segmenter": "diffalign",
+                           "objective.reward_processor": None}  # None: the backbone's default processor
 # Schedules whose lr does not depend on train.max_steps: extending such a run changes nothing already decided.
 _STEP_FREE_SCHEDULES = ("constant", "constant_with_warmup")
 

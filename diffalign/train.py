@@ -237,9 +237,11 @@ def load_inputs(cfg: Config, objective, accelerator):
                                vae=cfg.model.vae, max_sequence_length=cfg.model.max_sequence_length)
     # pixels per latent cell (SD: 8); flow transformers read 2x2 latent patches, so twice that
     vae_factor = 2 ** (len(parts.vae.config.block_out_channels) - 1) * (2 if kind in FLOW_KINDS else 1)
-    if cfg.data.resolution % vae_factor:
-        raise ConfigError(f"data.resolution: expected a multiple of {vae_factor} for this model (its VAE's factor"
-                          f"{', times its 2x2 patches' if kind in FLOW_KINDS else ''}), got {cfg.data.resolution}")
+    for key, side in (("data.resolution", cfg.data.resolution),
+                      ("eval.validation_resolution", cfg.eval.validation_resolution)):
+        if side is not None and side % vae_factor:
+            raise ConfigError(f"{key}: expected a multiple of {vae_factor} for this model (its VAE's factor"
+                              f"{', times its 2x2 patches' if kind in FLOW_KINDS else ''}), got {side}")
     steps_of_model = parts.noise_scheduler.config.num_train_timesteps
     if cfg.train.timestep_range is not None and cfg.train.timestep_range[1] > steps_of_model:
         raise ConfigError(f"train.timestep_range {cfg.train.timestep_range}: the model has {steps_of_model} training "
@@ -374,11 +376,14 @@ def _validate(cfg: Config, parts, unet, out: Path, step: int) -> None:
 
         prompts = prompt_set("persona")[:4]
     if prompts:
+        e = cfg.eval  # the side it trains at unless set (the pipeline would sample at the base model's full size)
         validation_grid(parts, unet, prompts, out / "validation" / f"step_{step:06d}.png", cfg.model.pretrained,
-                        num_inference_steps=cfg.eval.num_inference_steps, guidance_scale=cfg.eval.guidance_scale,
+                        e.validation_resolution or cfg.data.resolution,
+                        num_inference_steps=e.validation_steps or e.num_inference_steps,
+                        guidance_scale=e.guidance_scale,
                         max_text_length=segment_length_for_sampling(cfg.method, cfg.objective),  # as it trained
                         segmenter=segmenter_for_sampling(cfg.method, cfg.objective),
-                        guidance_rescale=cfg.eval.guidance_rescale)
+                        guidance_rescale=e.guidance_rescale)
 
 
 def _mean_tail(history: list[dict], n: int = 20) -> dict:

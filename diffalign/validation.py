@@ -38,12 +38,13 @@ def sampling_pipeline(parts, unet, scheduler):
 
 
 @torch.no_grad()
-def validation_grid(parts, unet, prompts: list[str], out_path: Path, pretrained: str, seeds=(0, 1, 2, 3),
-                    num_inference_steps: int = 25, guidance_scale: float = 5.0,
+def validation_grid(parts, unet, prompts: list[str], out_path: Path, pretrained: str, resolution: int,
+                    seeds=(0, 1, 2, 3), num_inference_steps: int = 25, guidance_scale: float = 5.0,
                     max_text_length: int | None = None, guidance_rescale: float = 0.0,
                     segmenter: str = "diffalign") -> Path:
-    """One row per prompt, one column per seed, from the in-training UNet (adapters on). ``max_text_length``:
-    encode the prompts by segments (LongAlign trained with ``text_encoding: segments``), else the 77-token window."""
+    """One row per prompt, one column per seed of ``resolution`` x ``resolution`` px images, from the in-training
+    UNet (adapters on). ``max_text_length``: encode the prompts by segments (LongAlign trained with
+    ``text_encoding: segments``), else the 77-token window."""
     from .models.loading import FLOW_KINDS
 
     flow = getattr(parts, "kind", "sd") in FLOW_KINDS
@@ -51,7 +52,9 @@ def validation_grid(parts, unet, prompts: list[str], out_path: Path, pretrained:
     scheduler = (FlowMatchEulerDiscreteScheduler if flow else DDIMScheduler).from_pretrained(pretrained,
                                                                                             subfolder="scheduler")
     pipe = sampling_pipeline(parts, unet, scheduler)
-    extra = {"max_sequence_length": parts.max_sequence_length} if flow else {}  # the T5 length it trained with
+    extra = {"height": resolution, "width": resolution}  # not the pipeline's default: the base's full size
+    if flow:
+        extra["max_sequence_length"] = parts.max_sequence_length  # the T5 length it trained with
     if max_text_length is not None:
         from .pipelines.long_prompt import as_long_prompt_pipeline
 

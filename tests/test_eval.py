@@ -212,10 +212,36 @@ def test_eval_guidance_rescale_reaches_the_comparison_and_the_validation_grid(tm
 
     parts = load_sd_components(str(TOY_SD))
     grids = [np.asarray(Image.open(validation_grid(parts, parts.unet, prompt_set("persona")[:2], tmp_path / f"{r}.png",
-                                                   str(TOY_SD), seeds=(0,), num_inference_steps=3,
+                                                   str(TOY_SD), 32, seeds=(0,), num_inference_steps=3,
                                                    guidance_scale=9.0, guidance_rescale=r)))
              for r in (0.0, 0.7)]
     assert grids[0].shape == grids[1].shape and np.abs(grids[0].astype(int) - grids[1].astype(int)).max() > 0
+
+
+# (K images per row, their side, max_scale) -> the row's size: the largest whole enlargement <= max_scale within
+# 2048 px, or shrunk to 2048 px wide when even 1x is wider.
+GRID_ROWS = [((4, 32, 4), (512, 128)),      # toy validation grid: 4x, as asked
+             ((2, 32, 256), (2048, 1024)),  # evaluation's max_scale 256 // h: 32x, the most within 2048
+             ((3, 200, 4), (1800, 600)),    # 4x would be 2400 px: 3x
+             ((4, 512, 4), (2048, 512)),    # SD1.5: 1x (the old fixed 4x: an 8192-px-wide sheet)
+             ((4, 1024, 1), (2048, 512))]   # SDXL: 4096 px at 1x, shrunk by half
+
+
+@pytest.mark.parametrize("shape, row", GRID_ROWS, ids=[str(s) for s, _ in GRID_ROWS])
+def test_grids_enlarge_small_images_and_are_never_wider_than_2048_px(tmp_path, shape, row):
+    from PIL import Image
+
+    from diffalign.evaluation.grid import MAX_WIDTH, TITLE_HEIGHT, save_grid
+
+    k, side, max_scale = shape
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(0, 256, (k, side, side, 3), dtype=np.uint8) for _ in range(2)]
+    sheet = np.asarray(Image.open(save_grid(rows, ["a", "b"], tmp_path / "grid.png", max_scale=max_scale)))
+    assert sheet.shape == (2 * (row[1] + TITLE_HEIGHT), row[0], 3) and row[0] <= MAX_WIDTH
+    scale = row[0] // (k * side)
+    if scale:  # enlarged by whole pixels: each source pixel a scale x scale block
+        first = sheet[TITLE_HEIGHT:TITLE_HEIGHT + row[1], :side * scale]
+        np.testing.assert_array_equal(first, rows[0][0].repeat(scale, axis=0).repeat(scale, axis=1))
 
 
 def test_the_report_gives_each_seeds_win_rate():

@@ -1,6 +1,7 @@
 """LongAlign reward fine-tuning: the differentiable Denscore, the prompt data, the reward step, the trainer."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -110,6 +111,34 @@ def test_reward_loss_is_half_one_minus_the_mean_score():
     assert get_objective("longalign", reward_backbone="hps", reward_model="x.pt").reward_options()["checkpoint"] == "x.pt"
     with pytest.raises(ValueError, match="reward_backbone"):
         get_objective("longalign", reward_backbone="aesthetic")
+
+
+def test_a_pickscore_reward_builds_offline_from_local_model_and_processor_folders(tmp_path, toy_denscore):
+    """A PickScore folder holds no processor (PickScore borrows laion's CLIP-H one, a hub id): with
+    objective.reward_processor naming a local processor folder the reward builds with no hub and scores as the same
+    CLIP does. Ignoring the option would send the processor to the laion hub id: offline, an error."""
+    pickscore = tmp_path / "pickscore"  # weights only, as a PickScore download
+    pickscore.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (pickscore / name).symlink_to(TOY_CLIP / name)
+    objective = get_objective("longalign", reward_backbone="pickscore", reward_model=str(pickscore),
+                              reward_processor=str(TOY_CLIP))
+    reward = create_scorer("denscore", **objective.reward_options())
+    images = list(np.random.default_rng(1).integers(0, 256, (4, 40, 48, 3), dtype=np.uint8))
+    prompts = LONG + ["a yellow circle.", "a purple square. a red triangle."]
+    torch.testing.assert_close(reward(images, prompts), toy_denscore(images, prompts))  # Denscore: the CLIP's cosines
+
+
+def test_reward_processor_reaches_the_scorer_and_a_missing_folder_is_named(tmp_path):
+    missing = tmp_path / "no-such-processor"
+    objective = get_objective("longalign", reward_backbone="clipscore", reward_model=str(TOY_CLIP),
+                              reward_processor=str(missing))
+    with pytest.raises(FileNotFoundError, match=re.escape(f"CLIP processor {missing}: no such folder")):
+        create_scorer("denscore", **objective.reward_options())
+    with pytest.raises(ValueError, match="reward_processor applies to the pickscore and clipscore backbones, not hps"):
+        get_objective("longalign", reward_backbone="hps", reward_processor=str(TOY_CLIP))
+    with pytest.raises(ValueError, match="open_clip models .* take none"):  # never silently unused
+        create_scorer("denscore", backbone="clipscore", model="open_clip:ViT-B-32", processor=str(TOY_CLIP))
 
 
 def test_training_prompts_are_the_train_side_with_seeds_per_epoch(tmp_path):

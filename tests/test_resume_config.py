@@ -190,3 +190,20 @@ def test_an_objective_option_added_since_the_checkpoint_is_compared_as_what_that
     inpo_now = {"method": "inpo", "objective": {"beta": 1000.0, "inversion": "authors"}}
     with pytest.raises(ConfigError, match="objective.inversion: 'diffalign' in the checkpoint, 'authors' now"):
         check_resume_config({"method": "inpo", "objective": {"beta": 1000.0}}, inpo_now, set(), "ckpt")
+
+
+def test_an_old_longalign_checkpoint_resumes_with_the_default_reward_processor():
+    """Checkpoints from before objective.reward_processor loaded the backbone's default processor, which null still
+    means; naming a folder is a change to accept (it may preprocess differently)."""
+    import dataclasses
+
+    from diffalign.config import ConfigError
+    from diffalign.objectives import get_objective
+    from diffalign.resume_check import check_resume_config
+
+    now = {"method": "longalign", "objective": dataclasses.asdict(get_objective("longalign").options)}
+    saved = {"method": "longalign", "objective": {k: v for k, v in now["objective"].items() if k != "reward_processor"}}
+    assert check_resume_config(saved, now, set(), "ckpt") == {}
+    local = {**now, "objective": {**now["objective"], "reward_processor": "/models/pickscore-processor"}}
+    with pytest.raises(ConfigError, match="objective.reward_processor: None in the checkpoint, '/models/pickscore"):
+        check_resume_config(saved, local, set(), "ckpt")

@@ -291,3 +291,53 @@ def test_train_timestep_range_reaches_the_step(tmp_path, monkeypatch):
     train(_cfg(tmp_path, "dpo", [("train.timestep_range", "[990, 1000]")]))
     t = torch.cat(drawn)
     assert len(drawn) == 2 and t.min() >= 990 and t.max() <= 999
+
+
+def test_validation_grids_sample_at_the_validation_resolution_and_steps(tmp_path, monkeypatch):
+    """eval.validation_resolution / validation_steps reach the validation sampler, and null means data.resolution
+    and eval.num_inference_steps (never the base's default size); the grid's size follows: 4 prompts x 4 seeds."""
+    from PIL import Image
+
+    import diffalign.train as train_module
+    import diffalign.validation as validation
+    from diffalign.evaluation.grid import TITLE_HEIGHT
+    from diffalign.models.loading import load_sd_components
+
+    sampled = []  # (steps, height, width) of each validation sampling call
+    real = validation.generate
+
+    def recording(pipe, prompts, seeds, steps, *args, **kwargs):
+        sampled.append((steps, kwargs["height"], kwargs["width"]))
+        return real(pipe, prompts, seeds, steps, *args, **kwargs)
+
+    monkeypatch.setattr(validation, "generate", recording)
+    train(_cfg(tmp_path / "run", extra=[("train.validation_every", "2"), ("eval.validation_resolution", "48"),
+                                        ("eval.validation_steps", "2")]))
+    assert sampled == [(2, 48, 48)]  # the toy trains at 32 px; its pipeline's default is 32 px too
+    grid = Image.open(tmp_path / "run" / "validation" / "step_000002.png")
+    assert grid.size == (4 * 48 * 4, 4 * (48 * 4 + TITLE_HEIGHT))  # 4 seeds of 48 px, enlarged 4x; 4 titled rows
+
+    parts = load_sd_components(str(TOY_SD))
+    unset = _cfg(tmp_path / "unset", extra=[("data.resolution", "48"), ("eval.num_inference_steps", "3")])
+    train_module._validate(unset, parts, parts.unet, tmp_path / "unset", 1)
+    assert sampled[-1] == (3, 48, 48)
+
+
+def test_a_validation_resolution_off_the_models_pixel_grid_fails_before_training(tmp_path, capsys):
+    """Config time checks multiples of 8; the model's own factor (here a VAE that downsamples 16x, as SD3/Flux's
+    2x2 patches make 16) is checked once the model is known, before any step."""
+    from diffusers import AutoencoderKL
+
+    model = tmp_path / "sd-16x"
+    model.mkdir()
+    for entry in TOY_SD.iterdir():
+        if entry.name != "vae":
+            (model / entry.name).symlink_to(entry)
+    AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 5, up_block_types=("UpDecoderBlock2D",) * 5,
+                  block_out_channels=(8,) * 5, layers_per_block=1, norm_num_groups=8).save_pretrained(model / "vae")
+    args = ["--method", "dpo", *[x for k, v in FAST for x in (f"--{k}", v)], "--model.pretrained", str(model),
+            "--eval.validation_resolution", "40", "--output_dir", str(tmp_path / "out")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "eval.validation_resolution: expected a multiple of 16 for this model (its VAE's factor), got 40" in err
+    assert not (tmp_path / "out" / "checkpoints").exists() and "Traceback" not in err

@@ -16,7 +16,7 @@ def save_side_by_side(images: dict[str, np.ndarray], prompts: list[str], seeds: 
     k, h = len(next(iter(images.values()))), next(iter(images.values())).shape[1]
     rows = [np.stack([images[m][i] for m in models]) for i in range(k)]
     titles = [f"[{' | '.join(models)}] seed {seeds[i]}: {prompts[i]}" for i in range(k)]
-    return save_grid(rows, titles, path, scale=max(1, 256 // h))
+    return save_grid(rows, titles, path, max_scale=max(1, 256 // h))
 
 
 def save_distributions(scores: dict[str, dict[str, np.ndarray]], path: Path) -> Path:

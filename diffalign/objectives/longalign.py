@@ -44,6 +44,9 @@ def segmenter_for_sampling(method: str, objective_options: dict) -> str:
 class LongAlignOptions(TextEncodingOptions):
     reward_backbone: str = "pickscore"  # Denscore's CLIP-style scorer: pickscore | clipscore | hps
     reward_model: str | None = None  # its weights: hub id or folder (null: the backbone's default)
+    # its image/text processor: hub id or folder (null: the backbone's default: pickscore's is
+    # laion/CLIP-ViT-H-14-laion2B-s32B-b79K, clipscore's is reward_model's own); pickscore and clipscore only
+    reward_processor: str | None = None
     omega: float = 0.3  # ω: how much of the caption's shared direction Denscore removes
     num_inference_steps: int = 50  # sampling steps of each training image
     guidance_scale: float = 7.5  # classifier-free guidance while sampling
@@ -56,6 +59,9 @@ class LongAlignOptions(TextEncodingOptions):
 
         if self.reward_backbone not in BACKBONES:  # checked here, before any diffusion weights load
             raise ValueError(f"reward_backbone: expected one of {BACKBONES}; got {self.reward_backbone!r}")
+        if self.reward_processor and self.reward_backbone == "hps":  # HPS preprocesses as its code, no processor
+            raise ValueError(f"reward_processor applies to the pickscore and clipscore backbones, not hps; got "
+                             f"{self.reward_processor!r}")
         if int(self.num_inference_steps) < 1 or int(self.grad_every) < 1:
             raise ValueError(f"num_inference_steps and grad_every must be >= 1; got {self.num_inference_steps}, "
                              f"{self.grad_every}")
@@ -81,6 +87,8 @@ class LongAlign(EncodesText, Objective):
         options = {"backbone": o.reward_backbone, "omega": float(o.omega), "segmenter": o.segmenter}
         if o.reward_model:  # HPS names its weight file "checkpoint"; the CLIP scorers "model"
             options["checkpoint" if o.reward_backbone == "hps" else "model"] = o.reward_model
+        if o.reward_processor:
+            options["processor"] = o.reward_processor
         return options
 
     def reward_loss(self, scores: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

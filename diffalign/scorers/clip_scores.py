@@ -31,6 +31,17 @@ def clip_pixel_values(pixels: torch.Tensor, image_processor) -> torch.Tensor:
                                      ip.image_mean if ip.do_normalize else None, ip.image_std, mode="shortest")
 
 
+def _check_source(name: str, what: str) -> None:
+    """FileNotFoundError naming ``name`` unless it is an existing path or could be a hub id: a mistyped local folder
+    would otherwise end in huggingface_hub's repo-id validation error (absolute paths) or a hub lookup."""
+    from pathlib import Path
+
+    from ..models.loading import is_hub_id
+
+    if not Path(name).exists() and not is_hub_id(name):
+        raise FileNotFoundError(f"CLIP {what} {name}: no such folder, and not a hub id of the form owner/name")
+
+
 def _embedding(output) -> torch.Tensor:
     """transformers < 5 returns the projected embedding; >= 5 an output object holding it as pooler_output."""
     return output if torch.is_tensor(output) else output.pooler_output
@@ -39,6 +50,8 @@ def _embedding(output) -> torch.Tensor:
 class CLIPSimilarity:
     def __init__(self, model: str, processor: str | None = None, device: str = "cpu",
                  dtype: torch.dtype | str = torch.float32, batch_size: int = 32):
+        _check_source(model, "model")
+        _check_source(processor or model, "processor")
         self.dtype = as_dtype(dtype)
         self.model = CLIPModel.from_pretrained(model, dtype=self.dtype, use_safetensors=None).eval().to(device)
         self.processor = CLIPProcessor.from_pretrained(processor or model)
@@ -97,6 +110,8 @@ class CLIPScore:
     def __init__(self, model: str = "openai/clip-vit-large-patch14", processor: str | None = None,
                  pretrained: str | None = None, **kwargs):
         if model.startswith("open_clip:"):
+            if processor:  # open_clip models bring their own preprocessing: a processor would go unused
+                raise ValueError(f"clipscore processor {processor!r}: open_clip models ({model}) take none")
             self.clip = OpenClipSimilarity(model[len("open_clip:"):], pretrained, **kwargs)
         else:
             self.clip = CLIPSimilarity(model, processor, **kwargs)
