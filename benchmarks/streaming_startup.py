@@ -60,9 +60,9 @@ def make_table(folder: Path, rows: int) -> Path:
     rng = np.random.default_rng(0)
     shards = -(-rows // ROWS_PER_SHARD)
 
-    def png(colour, box) -> bytes:
+    def png(colour, corner) -> bytes:  # a disc of ``colour`` inset by ``corner`` px
         image = Image.new("RGB", (32, 32), (240, 240, 240))
-        ImageDraw.Draw(image).ellipse(box, fill=colour)
+        ImageDraw.Draw(image).ellipse((*corner, 30 - corner[0], 30 - corner[1]), fill=tuple(colour))
         buf = io.BytesIO()
         image.save(buf, format="PNG")
         return buf.getvalue()
@@ -70,12 +70,12 @@ def make_table(folder: Path, rows: int) -> Path:
     for k in range(shards):
         n = min(ROWS_PER_SHARD, rows - k * ROWS_PER_SHARD)
         colours = rng.integers(0, 255, (n, 2, 3))
-        boxes = rng.integers(2, 14, (n, 2, 2))
+        corners = rng.integers(2, 14, (n, 2, 2))
         labels = rng.choice([0.0, 1.0, 0.5], size=n, p=[0.44, 0.44, 0.12])
         table = pa.table({
             "caption": [f"a shape, pair {k * ROWS_PER_SHARD + i}" for i in range(n)],
-            "jpg_0": [png(tuple(colours[i, 0]), (*boxes[i, 0], 30 - boxes[i, 0][0], 30 - boxes[i, 0][1])) for i in range(n)],
-            "jpg_1": [png(tuple(colours[i, 1]), (*boxes[i, 1], 30 - boxes[i, 1][0], 30 - boxes[i, 1][1])) for i in range(n)],
+            "jpg_0": [png(colours[i, 0], corners[i, 0]) for i in range(n)],
+            "jpg_1": [png(colours[i, 1], corners[i, 1]) for i in range(n)],
             "label_0": labels, "label_1": 1 - labels,
             "user_id": rng.integers(0, 5000, n), "ranking_id": np.arange(n) + k * ROWS_PER_SHARD})
         pq.write_table(table, folder / f"data/train-{k:05d}-of-{shards:05d}.parquet", row_group_size=1000)

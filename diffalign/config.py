@@ -408,7 +408,8 @@ def _numeric_rules() -> dict:
             "train.empty_prompt_anchor": non_negative, "train.seed": non_negative_int,
             "train.checkpoint_every": non_negative_int, "train.checkpoints_total_limit": non_negative_int,
             "train.validation_every": non_negative_int, "data.resolution": image_side, "data.max_pairs": count,
-            "data.num_workers": non_negative_int, "data.shuffle_buffer": count, "lora.rank": count, "train.logit_std": positive,
+            "data.num_workers": non_negative_int, "data.shuffle_buffer": count, "lora.rank": count,
+            "train.logit_std": positive,
             "model.max_sequence_length": count, "model.guidance": non_negative, "lora.alpha": positive,
             "eval.seeds_per_prompt": count, "eval.num_inference_steps": count, "eval.guidance_scale": guidance,
             "eval.validation_resolution": image_side, "eval.validation_steps": count}

@@ -196,3 +196,18 @@ def test_a_killed_and_resumed_streaming_run_ends_with_the_same_weights(tmp_path)
     assert resumed["resumed"]["from_step"] == 3
     a, b = load_file(straight / LORA_FILE), load_file(tmp_path / "resumed" / LORA_FILE)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_streaming_is_chosen_by_source_and_refused_where_a_method_reads_the_table_whole(tmp_path):
+    from diffalign.data.factory import wants_streaming
+
+    local = _shards(tmp_path, 2)
+    assert not wants_streaming(DataConfig(source=local), "images")  # local: map-style unless asked
+    assert wants_streaming(DataConfig(source=local, streaming=True), "images")
+    # a hub id whose size cannot be read (offline here): streamed, the safe choice
+    assert wants_streaming(DataConfig(source="someone/a-dataset-that-is-not-cached"), "images")
+    assert not wants_streaming(DataConfig(source="someone/big", streaming=None), "images", user_profiles=True)
+    with pytest.raises(ValueError, match="PPD draws each pair's profile"):
+        wants_streaming(DataConfig(source=local, streaming=True), "images", user_profiles=True)
+    with pytest.raises(ValueError, match="reads a list of prompts"):
+        wants_streaming(DataConfig(source=local, streaming=True), "prompts")

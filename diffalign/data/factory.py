@@ -25,10 +25,7 @@ def build_training_data(cfg: DataConfig, objective, tokenizer, seed: int, exampl
     the dataset is a stream.StreamedExamples that orders itself (sampler None) read by this process (``rank`` of
     ``processes``)."""
     pair_axis = objective.pair_axis
-    streaming = wants_streaming(cfg, pair_axis)
-    if streaming and objective.examples_per_user:
-        raise ValueError("data.streaming: PPD draws each pair's profile from all of its user's rows, which a stream "
-                         "has not read yet; set data.streaming: false")
+    streaming = wants_streaming(cfg, pair_axis, bool(objective.examples_per_user))
     if pair_axis == "images" and objective.examples_per_user:  # PPD: pairs with profiles of their users
         dataset = UserPreferencePairs(cfg, tokenizer, seed, objective.examples_per_user, objective.reversed_users)
         collate = collate_user_pairs
@@ -64,12 +61,16 @@ def build_training_data(cfg: DataConfig, objective, tokenizer, seed: int, exampl
 HUB_STREAMING_BYTES = 10 * 2**30  # data.streaming: null streams hub datasets larger than this
 
 
-def wants_streaming(cfg: DataConfig, pair_axis: str) -> bool:
+def wants_streaming(cfg: DataConfig, pair_axis: str, user_profiles: bool = False) -> bool:
     """data.streaming, or when null: hub datasets above HUB_STREAMING_BYTES (or of unknown size) stream, local
-    tables and prompt lists do not."""
-    if pair_axis == "prompts":
+    tables do not. Prompt lists (reward fine-tuning) and PPD's pairs (``user_profiles``: each pair's profile is
+    drawn from all of its user's rows) are read whole."""
+    whole = {"prompts": "reward fine-tuning reads a list of prompts, read whole",
+             "profiles": "PPD draws each pair's profile from all of its user's rows, which a stream has not read yet"}
+    reason = whole["prompts"] if pair_axis == "prompts" else whole["profiles"] if user_profiles else None
+    if reason:
         if cfg.streaming:
-            raise ValueError("data.streaming: reward fine-tuning reads a list of prompts, read whole; remove it")
+            raise ValueError(f"data.streaming: {reason}; set data.streaming: false")
         return False
     if cfg.streaming is not None:
         return cfg.streaming
