@@ -193,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="prepare training tables")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    p = data_sub.add_parser("feedback", help="Pick-a-Pic pairs -> KTO binary feedback (caption, image, label)")
+    p = data_sub.add_parser("feedback", help="export Pick-a-Pic pairs as KTO binary feedback (caption, image, label); "
+                                                  "training reads pairs as feedback without it")
     p.add_argument("--source", required=True, help="hub dataset id, parquet file or folder of pairs")
     p.add_argument("--split", default="train")
     p.add_argument("--out", required=True, help="new folder for the parquet shards")

@@ -182,3 +182,13 @@ def test_a_missing_image_file_is_a_bad_sample_naming_row_and_column(pairs, token
                               tokenizer)
     assert "skipped" in dataset[2] and "row 3 column jpg_1" in dataset[2]["skipped"]  # rows in use: 0, 1, 3, ...
     assert row_name(3, streaming=False) == "row 3" and row_name(2 << 32 | 5, streaming=True) == "shard 2 row 5"
+
+
+def test_reward_fine_tuning_prompts_come_from_the_mapped_column(pairs, tokenizer, tmp_path):
+    from diffalign.data.prompts import TrainingPrompts
+
+    source, columns = _csv_with_paths(tmp_path, pairs)
+    prompts = TrainingPrompts(DataConfig(source=source, columns={"caption": "text"}), tokenizer)
+    assert prompts.prompts == [p["caption"] for p in pairs]
+    with pytest.raises(ValueError, match=r"reads one column, the prompt.*\['jpg_0', 'jpg_1', 'label_0'\]"):
+        TrainingPrompts(DataConfig(source=source, columns=columns), tokenizer)

@@ -139,3 +139,23 @@ def test_two_ranks_train_the_same_soft_tokens_as_one_process_accumulating_their_
     logged = {run: json.loads((tmp_path / run / "summary.json").read_text())["final_metrics"] for run in ("one", "two")}
     assert logged["two"]["loss"] == pytest.approx(logged["one"]["loss"], rel=1e-3)
     assert logged["one"]["grad_norm"] > 0  # the tokens did get a gradient
+
+
+def test_two_ranks_stream_their_own_rows_and_resume_to_the_same_weights(tmp_path):
+    """data.streaming with 2 ranks: each rank saves its reader's cursor (data_0.json, data_1.json); resumed from
+    the checkpoint after update 1, both ranks continue where they stopped and reach the uninterrupted weights."""
+    from diffalign.checkpointing import complete_checkpoints
+
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "diffalign.train",
+              "--method", "dpo", "--train.batch_size", "2", "--train.max_steps", "3", "--eval.enabled", "false",
+              "--train.report_to", "none", "--train.warmup_steps", "0", "--data.streaming", "true",
+              "--data.shuffle_buffer", "5"]
+    _run(launch + ["--train.checkpoint_every", "1", "--train.checkpoints_total_limit", "0"], tmp_path / "straight")
+    first = complete_checkpoints(tmp_path / "straight")[0]
+    assert (first / "data_0.json").is_file() and (first / "data_1.json").is_file()
+    cursors = [json.loads((first / f"data_{r}.json").read_text())["cursors"] for r in range(2)]
+    assert list(cursors[0]) == ["0"] and list(cursors[1]) == ["1"]  # rank r reads stream r
+    _run(launch + ["--resume", str(first)], tmp_path / "resumed")
+    a, b = load_file(tmp_path / "straight" / LORA_FILE), load_file(tmp_path / "resumed" / LORA_FILE)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

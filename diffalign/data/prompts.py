@@ -2,8 +2,9 @@
 
 ``data.source`` is anything evaluation.prompt_sources reads: ``toy:<set>`` (its training side under
 ``data.split: train``), a ``.txt`` or ``.jsonl`` file, or a table (hub id, parquet) with a ``caption`` or
-``prompt`` column. Each example carries its seed from (run seed, epoch, row): the initial latent noise and the
-choice of which sampling steps keep their graph are reproducible in any batch layout.
+``prompt`` column (or the one ``data.columns.caption`` names). Each example carries its seed from (run seed, epoch,
+row): the initial latent noise and the choice of which sampling steps keep their graph are reproducible in any
+batch layout.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ from .examples import token_ids
 
 class TrainingPrompts(torch.utils.data.Dataset):
     def __init__(self, cfg: DataConfig, tokenizer, seed: int = 0):
+        other = sorted(set(cfg.columns) - {"caption"})
+        if other:
+            raise ValueError(f"data.columns: reward fine-tuning reads one column, the prompt (data.columns.caption); "
+                             f"got {other}")
         try:
-            prompts = load_prompts(cfg.source, split=cfg.split)
+            prompts = load_prompts(cfg.source, column=cfg.columns.get("caption"), split=cfg.split)
         except (ValueError, FileNotFoundError) as err:
             raise ValueError(f"data.source {cfg.source!r}: {err}") from err
         empty = next((i for i, p in enumerate(prompts) if not p.strip()), None)
