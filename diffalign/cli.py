@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     # `diffalign train ...` is dispatched in main() before parsing; listed here for --help.
     sub.add_parser("train", help="train (same arguments as `accelerate launch diffalign/train.py`)")
+    sub.add_parser("label", help="sample candidates per prompt, annotate them (scorers, toy judge, MLLM), write "
+                                 "pairs and feedback (diffalign label --help)")
     sub.add_parser("cache", help="encode the training data with the frozen VAE/text encoders into the encoding "
                                  "cache (same arguments as train)")
     p = sub.add_parser("eval", help="generate with fixed seeds for a base model and its adapters, score, report")
@@ -287,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         from .train import main as train_main
 
         return train_main(argv[1:])
+    if argv[:1] == ["label"]:  # a config file and dotted overrides, as train
+        from .labeling.cli import main as label_main
+
+        return label_main(argv[1:])
     if argv[:1] == ["cache"]:  # the trainer's arguments too
         from .precompute import main as cache_main
 

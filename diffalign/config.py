@@ -67,6 +67,9 @@ class LoraSettings:
     text_encoder: bool = False
     text_encoder_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj",
                                                                             "out_proj"])
+    # start the LoRA from an exported one (its folder or pytorch_lora_weights.safetensors; same rank and targets),
+    # e.g. the previous round of `diffalign iterate`; the reference stays the base model (adapters off)
+    init_from: str | None = None
 
 
 @dataclass
@@ -236,9 +239,8 @@ def _scalar(raw: str):
     return value
 
 
-def load_config(path: str | Path | None = None, overrides: list[tuple[str, str]] = (),
-                base: dict | None = None) -> Config:
-    """Config from an optional YAML file (or ``base`` mapping), then dotted overrides [("train.lr", "1e-5")]."""
+def read_tree(path: str | Path | None = None, overrides: list[tuple[str, str]] = (), base: dict | None = None) -> dict:
+    """The mapping of a YAML file (or ``base``) with dotted overrides applied: what ``build_dataclass`` reads."""
     tree: dict = dict(base or {})
     if path is not None:
         path = Path(path)
@@ -250,6 +252,18 @@ def load_config(path: str | Path | None = None, overrides: list[tuple[str, str]]
         tree.update(loaded)
     for dotted, raw in overrides:
         _set_dotted(tree, dotted, raw)
+    return tree
+
+
+def build_dataclass(cls, tree: dict, where: str = ""):
+    """A (nested) config dataclass from a mapping: unknown keys and wrong types are ConfigErrors naming the key."""
+    return _build(cls, tree, where)
+
+
+def load_config(path: str | Path | None = None, overrides: list[tuple[str, str]] = (),
+                base: dict | None = None) -> Config:
+    """Config from an optional YAML file (or ``base`` mapping), then dotted overrides [("train.lr", "1e-5")]."""
+    tree = read_tree(path, overrides, base)
     cfg = _build(Config, tree, "")
     _resolve_embedded_paths(cfg)
     validate(cfg, given=tree, overridden={dotted for dotted, _ in overrides})

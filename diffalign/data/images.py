@@ -3,12 +3,21 @@ scorers alike)."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from PIL import Image
 
 WHITE = (255, 255, 255)
 # The 8-, 16- and 32-bit integer ranges: the brightest value of each maps to 255.
 _INTEGER_RANGES = (255, 65535, 2**31 - 1)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """uint8 [H, W, 3] -> lossless PNG bytes (what the tables this package writes hold)."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
 
 
 def to_rgb(image: Image.Image, background=WHITE) -> Image.Image:

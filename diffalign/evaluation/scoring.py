@@ -32,13 +32,15 @@ def build_scorers(names: list[str], options: dict[str, dict], device: str) -> di
     unknown = set(options) - set(names)
     if unknown:
         raise ValueError(f"options given for scorers not in use: {sorted(unknown)} (scorers: {names})")
-    scorers = {}
-    for name in names:
-        kwargs = dict(options.get(name, {}))
-        if name in REGISTRY and "device" in inspect.signature(REGISTRY[name]).parameters:
-            kwargs.setdefault("device", device)
-        scorers[name] = create_scorer(name, **kwargs)
-    return scorers
+    return {name: scorer_on(name, options.get(name, {}), device) for name in names}
+
+
+def scorer_on(name: str, options: dict, device: str):
+    """The scorer ``name`` with its ``options``, on ``device`` when it takes one (the toy judge runs on the CPU)."""
+    kwargs = dict(options)
+    if name in REGISTRY and "device" in inspect.signature(REGISTRY[name]).parameters:
+        kwargs.setdefault("device", device)
+    return create_scorer(name, **kwargs)
 
 
 def score_images(scorers: dict, images, prompts: list[str]) -> dict[str, np.ndarray]:

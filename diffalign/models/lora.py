@@ -61,6 +61,29 @@ def attach_lora(unet, rank: int, alpha: float, target_modules: list[str]) -> lis
     return params
 
 
+def load_lora_into(unet, path: str | Path) -> None:
+    """Start ``unet``'s LoRA adapter ("default", attached with the same rank and targets) from an exported LoRA:
+    ``pytorch_lora_weights.safetensors`` (or its folder) as ``save_lora`` writes it, in diffusers' or PEFT's key
+    names. Its text-encoder weights, if any, are not read. ValueError naming the file on any mismatch."""
+    from diffusers.utils import convert_unet_state_dict_to_peft
+
+    from .lora_checkpoint import LoraAdapterState
+
+    path = Path(path)
+    path = path / LORA_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise ValueError(f"lora.init_from: {path} does not exist")
+    tensors = _lora_tensors(path)
+    prefix = next((p for p in ("unet.", "transformer.") if any(k.startswith(p) for k in tensors)), None)
+    if prefix is None:
+        raise ValueError(f"lora.init_from: {path} holds no unet.* or transformer.* LoRA weights")
+    state = convert_unet_state_dict_to_peft({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    try:
+        LoraAdapterState(unet).load_state_dict({k.replace(".default.", "."): v for k, v in state.items()})
+    except ValueError as err:
+        raise ValueError(f"lora.init_from {path}: {err}") from err
+
+
 class TextEncoderLora(TrainedTextEncoders):
     """LoRA adapters on a model's text encoder(s) (SD: one; SDXL: two), as diffusers' ``--train_text_encoder``.
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from .captions import write
-from .preferences import png_bytes, write_parquet
+from ..data.images import png_bytes
+from .preferences import write_parquet
 from .prompts import is_heldout, long_scene
 from .render import render
 from .world import realise, sample_spec

@@ -11,26 +11,19 @@ that ``datasets.load_dataset("parquet", data_files=...)`` reads:
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..data.convert import pair_to_feedback
+from ..data.images import png_bytes
 from ..evaluation.sampling import cases, generate
 from .personas import TASTES, bradley_terry_label
 from .prompts import prompt_set
 from .scoring import judge
 
 PERSONA_IDS = {name: i for i, name in enumerate(TASTES)}  # user_id of each persona
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
 
 
 @dataclass

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..models.lora import TextEncoderLora, attach_lora, save_lora
+from ..models.lora import TextEncoderLora, attach_lora, load_lora_into, save_lora
 from ..models.lora_checkpoint import ADAPTER_PART, LoraAdapterState
 from ..models.loading import pipeline_class
 
@@ -53,6 +53,8 @@ class UnetLora(Component):
     def __init__(self, unet, lora_cfg, kind: str, text_lora: TextEncoderLora | None = None):
         self.unet, self.kind, self.text_lora = unet, kind, text_lora
         self.params = attach_lora(unet, lora_cfg.rank, lora_cfg.alpha, lora_cfg.target_modules)
+        if lora_cfg.init_from:  # continue an earlier LoRA (an online round); the reference stays the base
+            load_lora_into(unet, lora_cfg.init_from)
 
     def checkpoint_parts(self) -> dict:
         return {ADAPTER_PART: LoraAdapterState(self.unet)}  # the adapter, never the frozen base
