@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train", help="train (same arguments as `accelerate launch diffalign/train.py`)")
     sub.add_parser("label", help="sample candidates per prompt, annotate them (scorers, toy judge, MLLM), write "
                                  "pairs and feedback (diffalign label --help)")
+    sub.add_parser("iterate", help="online rounds: label with the current policy, train, evaluate "
+                                   "(diffalign iterate --help)")
     sub.add_parser("cache", help="encode the training data with the frozen VAE/text encoders into the encoding "
                                  "cache (same arguments as train)")
     p = sub.add_parser("eval", help="generate with fixed seeds for a base model and its adapters, score, report")
@@ -289,10 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         from .train import main as train_main
 
         return train_main(argv[1:])
-    if argv[:1] == ["label"]:  # a config file and dotted overrides, as train
-        from .labeling.cli import main as label_main
+    if argv[:1] in (["label"], ["iterate"]):  # a config file and dotted overrides, as train
+        from .labeling.cli import iterate_main, main as label_main
+        from .toy import plugin  # noqa: F401  (registers the toy judge and prompt sets the toy configs name)
 
-        return label_main(argv[1:])
+        return (label_main if argv[0] == "label" else iterate_main)(argv[1:])
     if argv[:1] == ["cache"]:  # the trainer's arguments too
         from .precompute import main as cache_main
 

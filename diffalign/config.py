@@ -270,18 +270,22 @@ def load_config(path: str | Path | None = None, overrides: list[tuple[str, str]]
     return cfg
 
 
+def repository_path(value):
+    """A relative path that does not exist here but does in the repository (the embedded assets and configs,
+    named relative to it) -> its absolute path there; anything else unchanged (paths that exist here win)."""
+    from .paths import REPO_ROOT
+
+    if isinstance(value, str) and value and not Path(value).is_absolute() and not Path(value).exists() \
+            and (REPO_ROOT / value).exists():
+        return str(REPO_ROOT / value)
+    return value
+
+
 def _resolve_embedded_paths(cfg: Config) -> None:
     """The toy configs name the embedded assets relative to the repository ("assets/toy-sd"). Run from another
     folder, such a path would be taken for a hub id (and time out offline): resolve it against the repository
     when it does not exist here but does there. Paths that exist where the user runs win."""
-    from .paths import REPO_ROOT
-
-    def resolved(value):
-        if isinstance(value, str) and value and not Path(value).is_absolute() and not Path(value).exists() \
-                and (REPO_ROOT / value).exists():
-            return str(REPO_ROOT / value)
-        return value
-
+    resolved = repository_path
     for section, key in ((cfg.model, "pretrained"), (cfg.data, "source")):
         setattr(section, key, resolved(getattr(section, key)))
     # objective options that may name an embedded asset (a toy CLIP)

@@ -159,7 +159,8 @@ def test_a_killed_job_continues_without_duplicating_or_losing_a_row(tmp_path):
         a = [pq.read_table(p).to_pylist() for p in sorted((killed / view).glob("*.parquet"))]
         b = [pq.read_table(p).to_pylist() for p in sorted((tmp_path / "straight" / view).glob("*.parquet"))]
         assert a == b, view
-    pairs = [r["prompt_index"] for p in sorted((killed / "pairs").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    pairs = [r["prompt_index"] for p in sorted((killed / "pairs").glob("*.parquet"))
+             for r in pq.read_table(p).to_pylist()]
     assert pairs == list(range(8))  # best-worst: one pair per prompt, none twice, none lost
     assert not list((killed / "samples").rglob("*.png"))  # each shard's candidates went once it was written
     again_other = subprocess.run(args + ["--out", str(killed), "--candidates", "3"], cwd=REPO_ROOT, env=env,
@@ -194,3 +195,45 @@ def test_a_lora_can_start_from_an_exported_one_and_a_mismatch_is_named(tmp_path)
     attach_lora(other_rank, 2, 2.0, ["to_q", "to_v"])
     with pytest.raises(ValueError, match=rf"lora.init_from {exported}: .*lora.rank differs"):
         load_lora_into(other_rank, exported)
+
+
+def test_online_rounds_sample_with_the_previous_policy_continue_its_lora_and_resume(tmp_path):
+    """Two tiny rounds: round 1 labels candidates of round 0's LoRA with new seeds and trains from that LoRA;
+    run again, the finished rounds are kept, not redone."""
+    from safetensors.torch import load_file
+
+    args = [sys.executable, "-m", "diffalign.cli", "iterate", "--config",
+            str(REPO_ROOT / "configs/iterate/toy_bold.yaml"), "--rounds", "2", "--label.max_prompts", "4",
+            "--label.prompt_repeats", "1", "--label.num_inference_steps", "3", "--train.train.max_steps", "2",
+            "--train.train.batch_size", "2", "--eval.seeds_per_prompt", "1", "--eval.num_inference_steps", "3",
+            "--out", str(tmp_path / "rounds")]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    done = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(done.stdout)["rounds"]
+    assert [r["round"] for r in rows] == [0, 1] and all(set(r["win_rate_vs_base"]) == {"toy/bold", "toy/fidelity"}
+                                                        for r in rows)
+    first, second = (json.loads((tmp_path / f"rounds/round_{r}/labels/config.json").read_text()) for r in (0, 1))
+    round0_lora = tmp_path / "rounds/round_0/train/pytorch_lora_weights.safetensors"
+    assert first["adapter"] is None and second["adapter"] == str(round0_lora)
+    assert second["first_seed"] - first["first_seed"] == 100_000_000  # new candidates every round
+    trained = json.loads((tmp_path / "rounds/round_1/train/config.json").read_text())
+    assert trained["lora"]["init_from"] == str(round0_lora)
+    assert trained["data"]["source"] == str(tmp_path / "rounds/round_1/labels/pairs")
+    assert (tmp_path / "rounds/rounds.png").is_file()
+    before = load_file(tmp_path / "rounds/round_1/train/pytorch_lora_weights.safetensors")
+    again = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and json.loads(again.stdout)["rounds"] == rows
+    after = load_file(tmp_path / "rounds/round_1/train/pytorch_lora_weights.safetensors")
+    assert all(np.array_equal(before[k].numpy(), after[k].numpy()) for k in before)  # kept, not retrained
+
+
+def test_every_shipped_label_and_iterate_config_loads():
+    from diffalign.labeling.iterate import load_iterate_config
+
+    for path in sorted((REPO_ROOT / "configs/label").glob("*.yaml")):
+        cfg = load_label_config(str(path))
+        assert cfg.annotator.terms() or cfg.annotator.kind == "mllm", path
+    for path in sorted((REPO_ROOT / "configs/iterate").glob("*.yaml")):
+        cfg = load_iterate_config(str(path))
+        load_label_config(str(REPO_ROOT / cfg.label_config))

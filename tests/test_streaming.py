@@ -39,7 +39,8 @@ def _shards(folder, n_shards: int, n_rows: int = N_ROWS, bad_label_row: int | No
         rows[bad_label_row]["label_0"] = 7.0
     (folder / "data").mkdir(parents=True)
     for k, part in enumerate(np.array_split(np.arange(n_rows), n_shards)):
-        Dataset.from_list([rows[i] for i in part]).to_parquet(str(folder / f"data/train-{k:05d}-of-{n_shards:05d}.parquet"))
+        shard = folder / f"data/train-{k:05d}-of-{n_shards:05d}.parquet"
+        Dataset.from_list([rows[i] for i in part]).to_parquet(str(shard))
     return str(folder)
 
 

@@ -134,7 +134,8 @@ class StreamedExamples(torch.utils.data.IterableDataset):
                 if self.limit is not None and examples >= self.limit:
                     return
                 row = shard << SHARD_BITS | offset
-                owner = (shard + offset) % self.streams if self.plan.striped() and not self.plan.prefix else stream
+                dealt_rows = self.plan.striped() and not self.plan.prefix  # fewer shards than streams
+                owner = (shard + offset) % self.streams if dealt_rows else stream
                 result = _Row([], Cursor(cursor.epoch, lane, offset + 1))
                 if owner == stream or self.plan.prefix:
                     try:

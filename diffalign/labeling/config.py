@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import ConfigError, build_dataclass, read_tree
+from ..config import ConfigError, build_dataclass, read_tree, repository_path
 from .annotators import ScorerTerm
 from .mllm import RUBRIC
 from .selection import SelectionRule
@@ -56,7 +56,7 @@ class LabelConfig:
 
 
 def load_label_config(path: str | None, overrides: list[tuple[str, str]] = ()) -> LabelConfig:
-    tree = read_tree(path, overrides)
+    tree = read_tree(repository_path(path), overrides)
     selection = tree.pop("selection", {}) or {}
     cfg = build_dataclass(LabelConfig, tree)
     try:
@@ -76,4 +76,5 @@ def load_label_config(path: str | None, overrides: list[tuple[str, str]] = ()) -
     if cfg.prompts_per_shard < 1:
         raise ConfigError(f"prompts_per_shard: expected at least 1; got {cfg.prompts_per_shard}")
     cfg.annotator.terms()  # malformed scorer entries fail here, before any model loads
+    cfg.model, cfg.prompts = repository_path(cfg.model), repository_path(cfg.prompts)  # the toy assets, from anywhere
     return cfg
