@@ -239,6 +239,17 @@ def _scalar(raw: str):
     return value
 
 
+def dotted_overrides(rest: list[str]) -> list[tuple[str, str]]:
+    """The command line's leftover ``--section.key value`` pairs -> [("section.key", "value")]."""
+    rest, overrides = list(rest), []
+    while rest:
+        key = rest.pop(0)
+        if not key.startswith("--") or not rest:
+            raise ConfigError(f"expected '--section.key value' overrides; got {key!r}")
+        overrides.append((key[2:], rest.pop(0)))
+    return overrides
+
+
 def read_tree(path: str | Path | None = None, overrides: list[tuple[str, str]] = (), base: dict | None = None) -> dict:
     """The mapping of a YAML file (or ``base``) with dotted overrides applied: what ``build_dataclass`` reads."""
     tree: dict = dict(base or {})

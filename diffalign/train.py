@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from diffalign.checkpoint_state import UnsafeCheckpoint
 from diffalign.checkpointing import (BrokenCheckpoint, NonFiniteWeights, TrainingState, all_finite, check_finite,
                                      checkpoint_config, resume as resume_from, save_checkpoint)
-from diffalign.config import Config, ConfigError, load_config
+from diffalign.config import Config, ConfigError, dotted_overrides, load_config
 from diffalign.data.factory import build_training_data
 from diffalign.families import family_class
 from diffalign.models.loading import FLOW_KINDS, freeze_encoders, load_sd_components, load_tokenizer, pipeline_kind
@@ -64,13 +64,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[tuple[s
     parser.add_argument("--print-config", action="store_true",
                         help="print the full resolved config, every field documented, and exit (no model loads)")
     args, rest = parser.parse_known_args(argv)
-    overrides = []
-    while rest:
-        key = rest.pop(0)
-        if not key.startswith("--") or not rest:
-            raise ConfigError(f"expected '--section.key value' overrides; got {key!r}")
-        overrides.append((key[2:], rest.pop(0)))
-    return args, overrides
+    return args, dotted_overrides(rest)
 
 
 def _methods_epilog() -> str:

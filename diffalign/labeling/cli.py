@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from ..config import ConfigError
+from ..config import ConfigError, dotted_overrides
 
 EXAMPLES = """examples:
   diffalign label --config configs/label/toy_bold.yaml
@@ -25,48 +25,34 @@ ITERATE_EXAMPLES = """examples:
 Each round: label with the current policy, train (continuing the previous LoRA), evaluate against the base."""
 
 
-def parse_args(argv: list[str], prog: str = "diffalign label", description: str = "Sample candidates per prompt, "
-               "annotate them, write pairs and feedback (diffalign/labeling/).", epilog: str = EXAMPLES,
-               config_help: str = "YAML file (configs/label/); every key can be overridden: --candidates 4"
-               ) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
+def _run(argv: list[str] | None, prog: str, description: str, epilog: str, config_help: str, load, run) -> int:
+    """Parse ``--config FILE`` and ``--key value`` overrides, ``run(load(config, overrides))``, print its summary;
+    a user's mistake is one line on stderr and exit code 2."""
     parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help=config_help)
-    args, rest = parser.parse_known_args(argv)
-    overrides = []
-    while rest:
-        key = rest.pop(0)
-        if not key.startswith("--") or not rest:
-            raise ConfigError(f"expected '--key value' overrides; got {key!r}")
-        overrides.append((key[2:], rest.pop(0)))
-    return args, overrides
+    try:
+        args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+        summary = run(load(args.config, dotted_overrides(rest)))
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     from .config import load_label_config
     from .run import label
 
-    try:
-        args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-        summary = label(load_label_config(args.config, overrides))
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"diffalign label: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=1))
-    return 0
+    return _run(argv, "diffalign label", "Sample candidates per prompt, annotate them, write pairs and feedback "
+                "(diffalign/labeling/).", EXAMPLES,
+                "YAML file (configs/label/); every key can be overridden: --candidates 4", load_label_config, label)
 
 
 def iterate_main(argv: list[str] | None = None) -> int:
     from .iterate import iterate, load_iterate_config
 
-    try:
-        args, overrides = parse_args(sys.argv[1:] if argv is None else argv, "diffalign iterate",
-                                     "Online rounds: label with the current policy, train, evaluate "
-                                     "(diffalign/labeling/iterate.py).", ITERATE_EXAMPLES,
-                                     "YAML file (configs/iterate/); every key can be overridden: --rounds 1")
-        summary = iterate(load_iterate_config(args.config, overrides))
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"diffalign iterate: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=1))
-    return 0
+    return _run(argv, "diffalign iterate", "Online rounds: label with the current policy, train, evaluate "
+                "(diffalign/labeling/iterate.py).", ITERATE_EXAMPLES,
+                "YAML file (configs/iterate/); every key can be overridden: --rounds 1", load_iterate_config, iterate)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..models.vlm_prompt import interleaved_text
 from .selection import pairwise_judgement
 
 # The rubric: what each criterion asks, after VisionPrefer's annotation guidelines.
@@ -72,11 +73,7 @@ class MLLMJudge:
         before, middle, after = question.split("{image}")
         parts = [{"type": "text", "text": before}, {"type": "image"}, {"type": "text", "text": middle},
                  {"type": "image"}, {"type": "text", "text": after}]
-        if getattr(self.processor, "chat_template", None):
-            return self.processor.apply_chat_template([{"role": "user", "content": parts}],
-                                                      add_generation_prompt=True)
-        token = getattr(self.processor, "image_token", "<image>")
-        return "".join(p["text"] if p["type"] == "text" else token for p in parts)
+        return interleaved_text(self.processor, parts)
 
     @torch.no_grad()
     def ask(self, prompt: str, first: Image.Image, second: Image.Image, criterion: str, reminder: bool = False) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .user_examples import UserExample
+from .vlm_prompt import interleaved_text
 
 DEFAULT_PROMPT = ("Here are examples of one user's choices between two images made from the same caption. "
                   "Describe what this user prefers.")
@@ -37,11 +38,7 @@ class VLMUserEncoder:
         for i, e in enumerate(examples, 1):
             parts += [{"type": "text", "text": f"\nExample {i}. Caption: {e.caption}\nPreferred: "},
                       {"type": "image"}, {"type": "text", "text": "\nNot preferred: "}, {"type": "image"}]
-        if getattr(self.processor, "chat_template", None):
-            return self.processor.apply_chat_template([{"role": "user", "content": parts}],
-                                                      add_generation_prompt=True)
-        token = getattr(self.processor, "image_token", "<image>")
-        return "".join(p["text"] if p["type"] == "text" else token for p in parts)
+        return interleaved_text(self.processor, parts)
 
     @torch.no_grad()
     def encode_user(self, examples: list[UserExample]) -> torch.Tensor:
