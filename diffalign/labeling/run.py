@@ -58,10 +58,9 @@ def _check_out(out: Path, cfg: LabelConfig) -> None:
     """A new folder, or the same run's folder (resume); anything else is refused, never overwritten."""
     saved = out / "config.json"
     if saved.is_file():
-        before = json.loads(saved.read_text())
-        if before != json.loads(json.dumps(asdict(cfg))):
-            changed = sorted(k for k in set(before) | set(asdict(cfg)) if before.get(k) != json.loads(
-                json.dumps(asdict(cfg))).get(k))
+        before, now = json.loads(saved.read_text()), json.loads(json.dumps(asdict(cfg)))  # as JSON stores it
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        if changed:
             raise ConfigError(f"{out} holds labels made with other settings (differing: {', '.join(changed)}); "
                               "choose another out folder, or run again with the same settings to continue it")
     elif out.exists() and any(out.iterdir()):
