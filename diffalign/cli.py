@@ -125,7 +125,8 @@ def _eval(args) -> None:
         settings=SamplingSettings(num_inference_steps=args.steps, guidance_scale=args.guidance, height=args.height,
                                   width=args.width, dtype=dtype, text_encoding=args.text_encoding,
                                   max_text_length=args.max_text_length, segmenter=args.segmenter,
-                                  guidance_rescale=args.guidance_rescale),
+                                  guidance_rescale=args.guidance_rescale,
+                                  max_sequence_length=args.max_sequence_length),
         scorer_options=parse_scorer_options(args.scorer_option), device=device, batch_size=args.batch_size,
         cache=not args.no_cache)
     print(report.to_markdown())
@@ -191,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="segment encoding: rows of text states")
     p.add_argument("--segmenter", default="diffalign", choices=["diffalign", "authors"],
                    help="segment encoding: how prompts are cut into sentences and padded (authors: LongAlign's code)")
+    p.add_argument("--max-sequence-length", type=_checked("count"), default=None,
+                   help="SD3/Flux: T5 tokens per prompt (default: the length they train with here, the training "
+                        "config's model.max_sequence_length default: SD3 77, Flux 512; SD3's pipeline alone uses 256)")
     p.add_argument("--out", default="outputs/eval", help="report folder; images are cached under OUT/images")
     p.add_argument("--no-cache", action="store_true", help="resample every image instead of reusing cached ones")
     p.set_defaults(func=_eval)

@@ -25,6 +25,11 @@ def write_model_card(cfg, summary: dict, out_dir: str | Path) -> Path:
     if segment_rows is not None:  # trained on segment-encoded prompts (LongAlign, sft): sample them the same way
         load += (f"\n    from diffalign.pipelines.long_prompt import as_long_prompt_pipeline"
                  f"\n    pipe = as_long_prompt_pipeline(pipe, {segment_rows})  # segment encoding, as it trained")
+    from .models.loading import T5_LENGTH, sampling_kind
+
+    t5_length = cfg.model.max_sequence_length or T5_LENGTH.get(sampling_kind(cfg.model.pretrained))
+    if t5_length:  # SD3/Flux: sample with the T5 length it trained with (SD3's pipeline default is 256)
+        load += f"\n    image = pipe(\"a prompt\", max_sequence_length={t5_length}).images[0]  # T5 as in training"
     imports = pipeline + (", UNet2DConditionModel" if "unet" in summary else "")  # a full fine-tune's UNet class
     for folder in summary.get("text_encoders", []):  # a full fine-tune that trained the text encoder(s) too
         name = Path(folder).name

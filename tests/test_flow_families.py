@@ -259,3 +259,51 @@ def test_a_micro_batch_left_without_rows_runs_the_transformer_on_a_dummy_row(tin
     lora = [p for n, p in transformer.named_parameters() if "lora_" in n]
     assert loss.item() == 0.0 and metrics == {}
     assert lora and all(p.grad is not None and not p.grad.any() for p in lora)
+
+
+@pytest.mark.parametrize("kind, length", [("sd3", 77), ("flux", 512)])
+def test_eval_samples_flow_models_with_the_t5_length_they_train_with(tiny_flow, tmp_path, monkeypatch, kind, length):
+    """Not SD3's pipeline default (256): the length diffalign trains with (models/loading.T5_LENGTH), in the
+    report and the cache key; an explicit length is used as given; a UNet refuses one."""
+    from diffalign.evaluation import SamplingSettings, evaluate
+
+    seen = []
+    original = PIPELINES[kind].encode_prompt
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("max_sequence_length"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PIPELINES[kind], "encode_prompt", spy)
+    import diffalign.toy.plugin  # noqa: F401  (the scorer "toy")
+
+    common = dict(prompts=["a red circle"], scorers=["toy"], seeds_per_prompt=1, progress=False)
+    settings = SamplingSettings(num_inference_steps=2, height=32, width=32)
+    report = evaluate(str(tiny_flow[kind]), output_dir=tmp_path / "default", settings=settings, **common)
+    assert set(seen) == {length}
+    assert report.settings["sampling"]["max_sequence_length"] == length
+    seen.clear()
+    evaluate(str(tiny_flow[kind]), output_dir=tmp_path / "given", **common,
+             settings=SamplingSettings(num_inference_steps=2, height=32, width=32, max_sequence_length=16))
+    assert set(seen) == {16}
+    folders = {p.name.rsplit("-", 1)[1] for p in (tmp_path / "default" / "images").iterdir()}
+    assert folders == {settings.for_kind(kind).key()} and settings.for_kind(kind).key() != settings.key()
+    with pytest.raises(ValueError, match="max_sequence_length .16. is the T5 length of SD3/Flux prompts; a sd "
+                                         "pipeline has no T5"):
+        SamplingSettings(max_sequence_length=16).for_kind("sd")
+
+
+def test_adapters_that_trained_with_different_t5_lengths_are_refused_together(tmp_path):
+    import json
+
+    from diffalign.evaluation.models import ModelSpec, trained_t5_length
+
+    specs = [ModelSpec("base", "m")]
+    for name, length in (("a", 77), ("b", 256), ("c", None)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"model": {"max_sequence_length": length}}))
+        specs.append(ModelSpec(name, "m", str(tmp_path / name)))
+    assert trained_t5_length([specs[0], specs[1], specs[3]]) == 77  # an adapter that does not say is no conflict
+    assert trained_t5_length([specs[0]]) is None
+    with pytest.raises(ValueError, match=r"different T5 lengths \({'a': 77, 'b': 256}\)"):
+        trained_t5_length(specs)

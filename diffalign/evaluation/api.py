@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
-from ..models.loading import check_pipeline_source
+from ..models.loading import check_pipeline_source, sampling_kind
 from .generation import SamplingSettings, images_for
-from .models import ModelSpec, check_adapter_weights, parse_adapter
+from .models import ModelSpec, check_adapter_weights, parse_adapter, trained_t5_length
 from .plots import save_distributions, save_side_by_side
 from .prompt_sources import load_prompts
 from ..ranges import check_ranges, count, seed
@@ -72,6 +72,9 @@ def evaluate(model: str, adapters: list[str | ModelSpec] = (), prompts: str | li
         raise ValueError(f"two models share a name in {names}; name adapters NAME=PATH")
     for spec in specs:
         check_adapter_weights(spec)
+    if settings.max_sequence_length is None:  # a flow model: the T5 length its adapters trained with, if they say
+        settings = replace(settings, max_sequence_length=trained_t5_length(specs))
+    settings = settings.for_kind(sampling_kind(model))  # a flow model's T5 length made concrete, for the report
     score_fns = build_scorers(list(scorers), scorer_options or {}, device)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -91,6 +91,25 @@ def check_adapter_weights(spec: ModelSpec) -> None:
             check_lora_file(path)
 
 
+def trained_t5_length(specs: list[ModelSpec]) -> int | None:
+    """The T5 length (``model.max_sequence_length``) the adapters among ``specs`` trained with, read from the
+    config.json their training run wrote beside them; None when none says. Adapters that disagree are refused:
+    every model of one comparison is sampled with the same settings."""
+    import json
+
+    lengths = {}
+    for spec in specs:
+        saved = Path(spec.adapter) / "config.json" if spec.adapter else None
+        if saved is not None and saved.is_file():
+            length = json.loads(saved.read_text()).get("model", {}).get("max_sequence_length")
+            if length is not None:
+                lengths[spec.name] = length
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"the adapters trained with different T5 lengths ({lengths}); compare them in separate "
+                         "evaluations or choose one with --max-sequence-length")
+    return next(iter(lengths.values()), None)
+
+
 def load_pipeline(spec: ModelSpec, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """A diffusers pipeline of the base with the adapter applied the way a user would load it."""
     from diffusers import DiffusionPipeline, UNet2DConditionModel

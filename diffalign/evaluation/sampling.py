@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..models.loading import default_t5_length
+
 DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 5.0
 
@@ -27,11 +29,15 @@ def generate(
     **pipe_kwargs,
 ) -> np.ndarray:
     """uint8 images [N, H, W, 3] for the N cases (prompts[i], seeds[i]). ``guidance_rescale``: diffusers' option
-    (0 = plain CFG; only then left out of the call, so pipelines without the option still work)."""
+    (0 = plain CFG; only then left out of the call, so pipelines without the option still work). SD3/Flux prompts
+    get ``max_sequence_length`` = the T5 length they train with here (models/loading.T5_LENGTH) unless given."""
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; pass one seed per prompt")
     if guidance_rescale:
         pipe_kwargs["guidance_rescale"] = guidance_rescale
+    t5_length = default_t5_length(pipe)
+    if t5_length is not None:  # SD3/Flux: the T5 length they train with here, not the pipeline's own default
+        pipe_kwargs.setdefault("max_sequence_length", t5_length)
     pipe.set_progress_bar_config(disable=True)
     out = []
     starts = range(0, len(prompts), batch_size)

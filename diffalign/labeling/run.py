@@ -27,7 +27,7 @@ from pathlib import Path
 from ..config import ConfigError
 from ..data.images import png_bytes
 from ..evaluation.generation import SamplingSettings, case_key, images_for
-from ..evaluation.models import ModelSpec
+from ..evaluation.models import ModelSpec, trained_t5_length
 from ..evaluation.prompt_sources import load_prompts
 from .config import LabelConfig
 from .selection import select_feedback, select_pairs
@@ -98,8 +98,9 @@ def label(cfg: LabelConfig, progress: bool = True) -> dict:
         (out / folder).mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     spec = ModelSpec("policy", cfg.model, cfg.adapter)
+    # a flow policy samples with the T5 length its adapter trained with (else its family's training default)
     settings = SamplingSettings(cfg.num_inference_steps, cfg.guidance_scale, cfg.resolution, cfg.resolution,
-                                cfg.dtype)
+                                cfg.dtype, max_sequence_length=trained_t5_length([spec]))
     k, model_version = cfg.candidates, spec.fingerprint()
     model_name = cfg.model + (f" + {cfg.adapter}" if cfg.adapter else "")
     annotator, resumed = None, 0

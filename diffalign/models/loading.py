@@ -20,6 +20,14 @@ FLOW_KINDS = ("sd3", "flux")
 T5_LENGTH = {"sd3": 77, "flux": 512}
 
 
+def default_t5_length(pipe) -> int | None:
+    """The T5 length a flow pipeline (or a subclass of one) trains with here when model.max_sequence_length is
+    null (T5_LENGTH); None for a UNet pipeline. Sampling with it keeps a model's text stream as it trained: SD3's
+    pipeline pads T5 to 256 by default, 179 more padding states than diffusers' SD3 LoRA script trains with."""
+    kinds = [SUPPORTED[c.__name__] for c in type(pipe).__mro__ if c.__name__ in SUPPORTED]
+    return T5_LENGTH.get(kinds[0]) if kinds else None
+
+
 @dataclass
 class SDComponents:
     """A pipeline's parts. ``unet`` is the denoiser: the UNet, or a flow model's transformer (SD3Transformer2DModel,
@@ -127,6 +135,15 @@ def pipeline_kind(pretrained: str, revision: str | None = None) -> str:
         raise ValueError(f"{pretrained}: a {name} pipeline is not supported; diffalign trains "
                          f"{', '.join(SUPPORTED)} models")
     return SUPPORTED[name]
+
+
+def sampling_kind(pretrained: str) -> str | None:
+    """pipeline_kind for sampling: None (not an error) for a pipeline diffalign does not train, which diffusers may
+    still sample (`diffalign eval` compares any pipeline)."""
+    try:
+        return pipeline_kind(pretrained)
+    except ValueError:
+        return None
 
 
 def _model_index(pretrained: str, revision: str | None = None) -> dict:

@@ -17,15 +17,17 @@ from . import plugin  # noqa: F401  (registers the scorer "toy" and the prompt s
 
 
 def comparison_settings(cfg) -> SamplingSettings:
-    """How the comparison samples both models: ``cfg.eval``'s steps and guidance. A LoRA trained on segment-encoded
-    prompts (LongAlign, text_encoding: segments) is sampled the way it trained; the base then gets the same
-    encoding, so the comparison measures the LoRA and nothing else."""
+    """How the comparison samples both models: ``cfg.eval``'s steps and guidance, and a flow model's training T5
+    length. A LoRA trained on segment-encoded prompts (LongAlign, text_encoding: segments) is sampled the way it
+    trained; the base then gets the same encoding, so the comparison measures the LoRA and nothing else."""
     e = cfg.eval
     segment_length = segment_length_for_sampling(cfg.method, cfg.objective)
     segments = {} if segment_length is None else {"text_encoding": "segments", "max_text_length": segment_length,
                                                   "segmenter": segmenter_for_sampling(cfg.method, cfg.objective)}
+    # a flow model is sampled with the T5 length it trained with (null: the family's default, as in training)
     return SamplingSettings(num_inference_steps=e.num_inference_steps, guidance_scale=e.guidance_scale,
-                            guidance_rescale=e.guidance_rescale, **segments)
+                            guidance_rescale=e.guidance_rescale, max_sequence_length=cfg.model.max_sequence_length,
+                            **segments)
 
 
 def seed_range(rates: dict[int, float]) -> str:
