@@ -8,14 +8,24 @@ from pathlib import Path
 import yaml
 
 
+def _soft_token_denoiser(weights: str) -> str:
+    """Which pipeline attribute saved soft tokens attach to: the UNet, or SD3's transformer (layout "joint")."""
+    import json
+
+    from .models.soft_tokens import CONFIG_FILE
+
+    config = json.loads((Path(weights).parent / CONFIG_FILE).read_text())
+    return "transformer" if config.get("layout") == "joint" else "unet"
+
+
 def write_model_card(cfg, summary: dict, out_dir: str | Path) -> Path:
     comparison = summary.get("comparison")
     results = comparison["text"] if comparison else "No evaluation was run with this training job."
     pipeline, module = "DiffusionPipeline", "diffusers"  # picks SD or SDXL from the base's model_index.json
     if "user_adapter" in summary:  # PPD: the personalised pipeline, with a user's embedding at call time
         pipeline, module = "PersonalizedStableDiffusionPipeline", "diffalign.pipelines.personalized_sd"
-    load = ("load_soft_tokens(pipe.unet, \"<this folder>\")  # from diffalign.models.soft_tokens"
-            if "soft_tokens" in summary else
+    load = (f"load_soft_tokens(pipe.{_soft_token_denoiser(summary['soft_tokens'])}, \"<this folder>\")  "
+            "# from diffalign.models.soft_tokens" if "soft_tokens" in summary else
             "pipe.load_user_adapter(\"<this folder>\")  # then pipe(prompt, user_examples=[UserExample(...), ...])"
             if "user_adapter" in summary else "pipe.load_lora_weights(\"<this folder>\")" if cfg.lora.enabled
             else "pipe.unet = UNet2DConditionModel.from_pretrained(\"<this folder>/unet\")")

@@ -27,14 +27,17 @@ FIXED = {"method", "model.pretrained", "model.revision", "model.variant", "model
          # presence are restored as saved: these cannot change mid-run either.
          "train.batch_size", "train.grad_accum", "train.mixed_precision",
          # streamed data resumes from cursors into blocks of this size, a map-style run from its step
-         "data.streaming", "data.shuffle_buffer"}
+         "data.streaming", "data.shuffle_buffer",
+         # SoftREPA: the tokens' shape [K, m, J] and their bucket table
+         "objective.num_tokens", "objective.timestep_buckets", "objective.transformer_blocks"}
 # Paths that may be written relative to where a run started: compared (and saved) resolved.
 PATH_KEYS = ("model.pretrained", "model.vae", "data.source", "data.cache_dir")
 # Objective options added after checkpoints were written, with what those checkpoints ran with: such a checkpoint
 # resumes freely when this run uses the same, and names that value when it does not.
 LEGACY_OBJECTIVE_VALUES = {"objective.inversion": "diffalign", "objective.reference_point_rule": "diffalign",
                            "objective.segmenter": "diffalign",
-                           "objective.reward_processor": None}  # None: the backbone's default processor
+                           "objective.reward_processor": None,  # None: the backbone's default processor
+                           "objective.transformer_blocks": 5}  # SoftREPA's SD3 blocks (unused on UNets)
 # Schedules whose lr does not depend on train.max_steps: extending such a run changes nothing already decided.
 _STEP_FREE_SCHEDULES = ("constant", "constant_with_warmup")
 

@@ -207,3 +207,22 @@ def test_an_old_longalign_checkpoint_resumes_with_the_default_reward_processor()
     local = {**now, "objective": {**now["objective"], "reward_processor": "/models/pickscore-processor"}}
     with pytest.raises(ConfigError, match="objective.reward_processor: None in the checkpoint, '/models/pickscore"):
         check_resume_config(saved, local, set(), "ckpt")
+
+
+def test_an_old_softrepa_checkpoint_resumes_and_the_token_shape_cannot_change():
+    """Checkpoints from before objective.transformer_blocks (SoftREPA's SD3 blocks) ran with its default; the
+    options that shape the tokens ([K, m, J] and the bucket table) are another set of weights, accepted or not."""
+    import dataclasses
+
+    from diffalign.config import ConfigError
+    from diffalign.objectives import get_objective
+    from diffalign.resume_check import check_resume_config
+
+    now = {"method": "softrepa", "objective": dataclasses.asdict(get_objective("softrepa").options)}
+    saved = {"method": "softrepa", "objective": {k: v for k, v in now["objective"].items()
+                                                 if k != "transformer_blocks"}}
+    assert check_resume_config(saved, now, set(), "ckpt") == {}
+    for key, value in (("num_tokens", 8), ("timestep_buckets", 100), ("transformer_blocks", 2)):
+        changed = {**now, "objective": {**now["objective"], key: value}}
+        with pytest.raises(ConfigError, match=f"objective.{key} cannot change on resume"):
+            check_resume_config(now, changed, {f"objective.{key}"}, "ckpt")

@@ -128,7 +128,7 @@ def load_pipeline(spec: ModelSpec, device: str = "cpu", dtype: torch.dtype = tor
         elif (adapter / "soft_tokens.json").is_file():  # SoftREPA
             from ..models.soft_tokens import load_soft_tokens
 
-            load_soft_tokens(pipe.unet, adapter)
+            load_soft_tokens(pipe.transformer if hasattr(pipe, "transformer") else pipe.unet, adapter)  # SD3: joint
         else:
             pipe.load_lora_weights(str(adapter), adapter_name="evaluated")  # not "eval": that is a Module method
             if spec.lora_scale != 1.0:

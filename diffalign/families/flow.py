@@ -66,8 +66,12 @@ class FlowMatching:
         return {"weighting_scheme": train_cfg.timestep_sampling, "logit_mean": train_cfg.logit_mean,
                 "logit_std": train_cfg.logit_std, "mode_scale": train_cfg.mode_scale}
 
-    @staticmethod
-    def unsupported(objective, cfg) -> str | None:
+    # SoftREPA's per-block tokens need joint blocks that take the text stream as an argument (SD3's); Flux's
+    # rotary position ids are built for the caption's length before the blocks run
+    soft_tokens = False
+
+    @classmethod
+    def unsupported(cls, objective, cfg) -> str | None:
         """The methods and settings that cannot run on a flow transformer yet, and why."""
         if objective.noising == "ddim_inversion":
             return ("its DDIM inversion of x0 needs an inversion of the flow ODE, which diffalign does not implement "
@@ -80,9 +84,10 @@ class FlowMatching:
                     "SD3/Flux read 256-512 T5 tokens: use objective.text_encoding: truncate")
         if objective.trains == "user_adapter":
             return "PPD's decoupled cross-attention is written for UNet cross-attention, not joint attention"
-        if objective.trains == "soft_tokens":
-            return "SoftREPA's soft tokens are written for UNet cross-attention, not joint attention"
-        if cfg is not None and not cfg.lora.enabled:
+        if objective.trains == "soft_tokens" and not cls.soft_tokens:
+            return ("SoftREPA's soft tokens run on UNets and SD3's joint blocks; Flux's rotary text positions are "
+                    "fixed to the caption's length before its blocks run, so extra tokens have no position there")
+        if cfg is not None and not cfg.lora.enabled and objective.trains == "unet":
             return "only LoRA training runs on flow transformers (lora.enabled: true)"
         if cfg is not None and (cfg.lora.text_encoder or cfg.train.text_encoder):
             return "text encoders do not train on flow transformers (lora.text_encoder and train.text_encoder: false)"

@@ -50,6 +50,14 @@ class SD3Conditioner:
 
 class SD3Family(FlowMatching):
     kind = "sd3"
+    soft_tokens = True  # SoftREPA: per-block tokens in the joint blocks' text stream (models/soft_tokens_joint.py)
+
+    @classmethod
+    def unsupported(cls, objective, cfg) -> str | None:
+        if objective.trains == "soft_tokens" and objective.starts_from_start_token(cls.kind):
+            return ("objective.token_init: start_token is SD1.x's start (the authors' SD1.5 code); SD3's joint-block "
+                    "tokens start N(0, 0.02²) in the T5 state space, as theirs: use token_init normal or reference")
+        return super().unsupported(objective, cfg)
 
     def __init__(self, scheduler, vae_config, conditioner, transformer_config, timestep_sampling=None):
         super().__init__(scheduler, vae_config, conditioner, timestep_sampling)

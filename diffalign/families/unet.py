@@ -31,7 +31,11 @@ class UnetFamily:
 
     @staticmethod
     def unsupported(objective, cfg) -> str | None:
-        return None  # every method runs on UNets
+        # every method runs on UNets; SoftREPA's SD3 option would be silently ignored there
+        if objective.trains == "soft_tokens" and objective.transformer_blocks != 5:
+            return ("objective.transformer_blocks chooses SD3's joint blocks; on a UNet the tokens go to the down "
+                    "blocks (SDXL: down and mid): remove the setting")
+        return None
 
     def latents(self, sample: torch.Tensor) -> torch.Tensor:
         return sample.float() * self.scaling

@@ -14,6 +14,10 @@ timestep, so a forward pre-hook on the UNet records it before each call. E start
 plain tokens. The recorded timestep is the *last* call's: gradient checkpointing recomputes the blocks in backward,
 so with buckets a step must make one UNet call per backward (SoftREPA's step does; two calls at different t before
 one backward under checkpointing would recompute the first with the second's buckets).
+
+SD3 has joint blocks instead of cross-attention: its per-block tokens are models/soft_tokens_joint.py; the two share
+the bucket rule and the timestep hook (models/soft_token_timesteps.py), and ``save_soft_tokens`` /
+``load_soft_tokens`` here (the JSON's ``layout`` says which kind a folder holds).
 """
 
 from __future__ import annotations
@@ -22,14 +26,20 @@ import json
 from pathlib import Path
 
 import torch
+from diffusers import SD3Transformer2DModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 from safetensors.torch import load_file, save_file
+
+from .soft_token_timesteps import bucket_of, record_timestep
+from .soft_tokens_joint import JointSoftTokens, attach_joint_soft_tokens
 
 WEIGHTS_FILE, CONFIG_FILE = "soft_tokens.safetensors", "soft_tokens.json"
 BLOCKS = ("down", "mid", "up")
 
 
 class SoftTokens(torch.nn.Module):
+    layout = "cross_attention"  # saved in the JSON; SD3's are "joint" (models/soft_tokens_joint.py)
+
     def __init__(self, num_tokens: int, dim: int, blocks: tuple[str, ...] = ("down",), std: float = 0.02,
                  timestep_buckets: int = 0, num_train_timesteps: int = 1000, init: torch.Tensor | None = None):
         """``init`` [D]: every token starts as this vector (e.g. the empty prompt's start-token state, as the
@@ -52,10 +62,7 @@ class SoftTokens(torch.nn.Module):
         self.timestep: torch.Tensor | None = None  # the UNet call's timestep (scalar or [B]), set by the pre-hook
 
     def buckets(self, timestep) -> torch.Tensor:
-        """Bucket index of each timestep: t · N // T, clamped to [0, N - 1]."""
-        n = self.bucket_embedding.shape[0]
-        t = torch.as_tensor(timestep).reshape(-1).long()
-        return (t * n // self.num_train_timesteps).clamp(0, n - 1)
+        return bucket_of(timestep, self.bucket_embedding.shape[0], self.num_train_timesteps)
 
     def current(self, batch: int) -> torch.Tensor:
         """[B, m, D]: the tokens, plus their timestep bucket's embedding when there is one."""
@@ -92,14 +99,6 @@ class SoftTokenAttnProcessor:
         return self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
 
 
-def _timestep_recorder(tokens: SoftTokens):
-    """A UNet forward pre-hook that hands the call's timestep (2nd argument or ``timestep=``) to the tokens."""
-    def hook(module, args, kwargs):
-        tokens.timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
-
-    return hook
-
-
 def attach_soft_tokens(unet, num_tokens: int = 4, blocks: tuple[str, ...] = ("down",),
                        tokens: SoftTokens | None = None, timestep_buckets: int = 0,
                        init: torch.Tensor | None = None) -> SoftTokens:
@@ -112,7 +111,7 @@ def attach_soft_tokens(unet, num_tokens: int = 4, blocks: tuple[str, ...] = ("do
     previous = getattr(unet, "_soft_token_hook", None)
     if previous is not None:  # attached again (a reload): one hook, feeding the new tokens
         previous.remove()
-    unet._soft_token_hook = unet.register_forward_pre_hook(_timestep_recorder(tokens), with_kwargs=True)
+    unet._soft_token_hook = unet.register_forward_pre_hook(record_timestep(tokens), with_kwargs=True)
     processors = {}
     for name, processor in unet.attn_processors.items():
         if isinstance(processor, SoftTokenAttnProcessor):  # attached again: replace the old tokens, don't nest
@@ -124,7 +123,8 @@ def attach_soft_tokens(unet, num_tokens: int = 4, blocks: tuple[str, ...] = ("do
     return tokens
 
 
-def save_soft_tokens(tokens: SoftTokens, folder: str | Path) -> Path:
+def save_soft_tokens(tokens, folder: str | Path) -> Path:
+    """SoftTokens (UNet cross-attention) or JointSoftTokens (SD3's joint blocks) as safetensors + a JSON config."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     weights = {"tokens": tokens.tokens.detach().cpu().contiguous()}
@@ -132,26 +132,48 @@ def save_soft_tokens(tokens: SoftTokens, folder: str | Path) -> Path:
         weights["bucket_embedding"] = tokens.bucket_embedding.detach().cpu().contiguous()
     save_file(weights, str(folder / WEIGHTS_FILE))
     buckets = 0 if tokens.bucket_embedding is None else tokens.bucket_embedding.shape[0]
-    (folder / CONFIG_FILE).write_text(json.dumps({"num_tokens": tokens.tokens.shape[0],
-                                                  "dim": tokens.tokens.shape[1], "blocks": list(tokens.blocks),
-                                                  "timestep_buckets": buckets,
-                                                  "num_train_timesteps": tokens.num_train_timesteps}))
+    config = {"layout": tokens.layout, "num_tokens": tokens.tokens.shape[-2],
+              "dim": tokens.tokens.shape[-1], "timestep_buckets": buckets,
+              "num_train_timesteps": tokens.num_train_timesteps}
+    if config["layout"] == "joint":
+        config["num_blocks"], config["inner_dim"] = tokens.num_blocks, tokens.inner_dim
+    else:
+        config["blocks"] = list(tokens.blocks)
+    (folder / CONFIG_FILE).write_text(json.dumps(config))
     return folder / WEIGHTS_FILE
 
 
-def load_soft_tokens(unet, folder: str | Path) -> SoftTokens:
-    """Attach saved soft tokens to ``unet`` (the same blocks as when trained)."""
+def load_soft_tokens(model, folder: str | Path):
+    """Attach saved soft tokens to ``model``: the UNet (the same blocks as when trained) or, for tokens trained on
+    SD3, its transformer (``pipe.transformer``)."""
     folder = Path(folder)
     config = json.loads((folder / CONFIG_FILE).read_text())
-    if config["dim"] != unet.config.cross_attention_dim:
-        raise ValueError(f"{folder}: soft tokens of width {config['dim']} do not fit a UNet with "
-                         f"cross_attention_dim {unet.config.cross_attention_dim}")
-    tokens = SoftTokens(config["num_tokens"], config["dim"], tuple(config["blocks"]),
-                        timestep_buckets=config.get("timestep_buckets", 0),
-                        num_train_timesteps=config.get("num_train_timesteps", 1000))
+    layout = config.get("layout", "cross_attention")
+    joint = layout == "joint"
+    if joint and not isinstance(model, SD3Transformer2DModel):
+        raise ValueError(f"{folder}: these soft tokens were trained in SD3's joint blocks: load them onto a "
+                         f"StableDiffusion3Pipeline's pipe.transformer; got {type(model).__name__}")
+    if not joint and not hasattr(model.config, "cross_attention_dim"):
+        raise ValueError(f"{folder}: these soft tokens were trained in a UNet's cross-attention: load them onto "
+                         f"pipe.unet of an SD/SDXL pipeline; got {type(model).__name__}")
+    widths = ((config["dim"], model.config.joint_attention_dim), (config.get("inner_dim"),
+              model.config.caption_projection_dim)) if joint else ((config["dim"], model.config.cross_attention_dim),)
+    if any(saved is not None and saved != width for saved, width in widths):
+        raise ValueError(f"{folder}: soft tokens of widths {[w[0] for w in widths]} were trained on another model "
+                         f"than this {type(model).__name__} (widths {[w[1] for w in widths]})")
     weights = load_file(str(folder / WEIGHTS_FILE))
+    if joint:
+        tokens = JointSoftTokens(config["num_tokens"], config["num_blocks"], config["dim"],
+                                 model.config.caption_projection_dim, config["timestep_buckets"],
+                                 config["num_train_timesteps"])
+    else:
+        tokens = SoftTokens(config["num_tokens"], config["dim"], tuple(config["blocks"]),
+                            timestep_buckets=config.get("timestep_buckets", 0),
+                            num_train_timesteps=config.get("num_train_timesteps", 1000))
     with torch.no_grad():
         tokens.tokens.copy_(weights["tokens"])
         if tokens.bucket_embedding is not None:
             tokens.bucket_embedding.copy_(weights["bucket_embedding"])
-    return attach_soft_tokens(unet, blocks=tokens.blocks, tokens=tokens)
+    if joint:
+        return attach_joint_soft_tokens(model, tokens=tokens)
+    return attach_soft_tokens(model, blocks=tokens.blocks, tokens=tokens)

@@ -49,12 +49,17 @@ class SoftREPAOptions(Options):
     # scale), normal (N(0, 0.02²)), or reference (the authors' code: start_token for SD1.x/2.x, normal for SDXL).
     # Tokens that start equal get equal gradients and stay equal: in effect one token.
     token_init: str = "reference"
+    # SD3 only: the first K joint blocks get their own tokens (models/soft_tokens_joint.py); the authors' SD3 run
+    # uses 5 of SD3-Medium's 24
+    transformer_blocks: int = 5
 
     def check(self) -> None:
         super().check()
-        if int(self.num_tokens) < 1 or not 0 < self.temperature < math.inf or int(self.timestep_buckets) < 0:
-            raise ValueError(f"num_tokens must be >= 1, temperature > 0 and timestep_buckets >= 0; got "
-                             f"{self.num_tokens}, {self.temperature}, {self.timestep_buckets}")
+        if int(self.num_tokens) < 1 or not 0 < self.temperature < math.inf or int(self.timestep_buckets) < 0 \
+                or int(self.transformer_blocks) < 1:
+            raise ValueError(f"num_tokens and transformer_blocks must be >= 1, temperature > 0 and timestep_buckets "
+                             f">= 0; got {self.num_tokens}, {self.transformer_blocks}, {self.temperature}, "
+                             f"{self.timestep_buckets}")
         if self.token_init not in TOKEN_INITS:
             raise ValueError(f"token_init: expected one of {TOKEN_INITS}; got {self.token_init!r}")
 
@@ -72,6 +77,7 @@ class SoftREPA(Objective):
         super().__init__(**options)
         o = self.options  # what the trainer's components read
         self.num_tokens, self.timestep_buckets = int(o.num_tokens), int(o.timestep_buckets)
+        self.transformer_blocks = int(o.transformer_blocks)
 
     def starts_from_start_token(self, model_kind: str) -> bool:
         """Whether the tokens start as the empty prompt's start-token state for a model of ``model_kind``."""

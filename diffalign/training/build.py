@@ -87,6 +87,11 @@ def build_components(cfg: Config, objective, parts, accelerator: Accelerator, we
 def _soft_tokens(objective, parts):
     from ..models.soft_tokens import attach_soft_tokens
 
+    if parts.kind == "sd3":  # per-block tokens in the joint blocks' text stream (the authors' SD3 code)
+        from ..models.soft_tokens_joint import attach_joint_soft_tokens
+
+        return attach_joint_soft_tokens(parts.unet, objective.num_tokens, objective.transformer_blocks,
+                                        timestep_buckets=objective.timestep_buckets)
     blocks = ("down", "mid") if parts.kind == "sdxl" else ("down",)  # SoftREPA: SD down; SDXL down + mid
     init = start_token_state(parts) if objective.starts_from_start_token(parts.kind) else None
     return attach_soft_tokens(parts.unet, objective.num_tokens, blocks, init=init,

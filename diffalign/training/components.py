@@ -138,7 +138,8 @@ class UserAdapter(Component):
 
 
 class SoftTokens(Component):
-    """SoftREPA's soft text tokens in the UNet's cross-attention (models/soft_tokens.py)."""
+    """SoftREPA's soft text tokens: in the UNet's cross-attention (models/soft_tokens.py) or in SD3's joint blocks
+    (models/soft_tokens_joint.py)."""
 
     outside_ddp = True
 
