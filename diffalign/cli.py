@@ -193,8 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segmenter", default="diffalign", choices=["diffalign", "authors"],
                    help="segment encoding: how prompts are cut into sentences and padded (authors: LongAlign's code)")
     p.add_argument("--max-sequence-length", type=_checked("count"), default=None,
-                   help="SD3/Flux: T5 tokens per prompt (default: the length they train with here, the training "
-                        "config's model.max_sequence_length default: SD3 77, Flux 512; SD3's pipeline alone uses 256)")
+                   help="SD3/Flux: T5 tokens per prompt (default: the length the adapters trained with, from their "
+                        "run's config.json, else SD3 77 / Flux 512; SD3's pipeline alone uses 256)")
     p.add_argument("--out", default="outputs/eval", help="report folder; images are cached under OUT/images")
     p.add_argument("--no-cache", action="store_true", help="resample every image instead of reusing cached ones")
     p.set_defaults(func=_eval)

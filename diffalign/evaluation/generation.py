@@ -40,8 +40,9 @@ class SamplingSettings:
     # diffusers' guidance_rescale φ (Lin et al., 2024, eq. 15-16): pulls the guided prediction's std back toward the
     # conditional one; 0.7 is the paper's value for zero-terminal-SNR / v-prediction models, 0 is plain CFG.
     guidance_rescale: float = 0.0
-    # SD3/Flux: T5 tokens per prompt. None: the length they train with here (models/loading.T5_LENGTH: SD3 77, Flux
-    # 512), which is not SD3's pipeline default (256); a UNet pipeline has no T5 and refuses a value
+    # SD3/Flux: T5 tokens per prompt. None: the length the adapters trained with (evaluate reads their run's
+    # config.json), else the family's training default (models/loading.T5_LENGTH: SD3 77, Flux 512), never SD3's
+    # pipeline default (256); a UNet pipeline has no T5 and refuses a value
     max_sequence_length: int | None = None
 
     def __post_init__(self):
