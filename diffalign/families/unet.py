@@ -32,7 +32,9 @@ class UnetFamily:
     @staticmethod
     def unsupported(objective, cfg) -> str | None:
         # every method runs on UNets; SoftREPA's SD3 option would be silently ignored there
-        if objective.trains == "soft_tokens" and objective.transformer_blocks != 5:
+        default = type(objective.options).__dataclass_fields__["transformer_blocks"].default if \
+            objective.trains == "soft_tokens" else None
+        if default is not None and objective.transformer_blocks != default:
             return ("objective.transformer_blocks chooses SD3's joint blocks; on a UNet the tokens go to the down "
                     "blocks (SDXL: down and mid): remove the setting")
         return None
